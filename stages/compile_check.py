@@ -6,6 +6,8 @@ The train stage's result is reused for its own mode. In `profile=production` wit
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import torch
@@ -57,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
                      params=section, trail=args.trail) as rec:
         report = {"enabled": check.enabled, "use_compile": inp.train.use_compile,
                   "compile_mode": inp.train.compile_mode, "backend": "inductor",
-                  "torch_version": torch.__version__, "fallback_random": check.fallback_random,
+                  "torch_version": str(torch.__version__), "fallback_random": check.fallback_random,
                   "deterministic": inp.train.deterministic, "amp": inp.train.amp, "allow_tf32": inp.train.allow_tf32}
         curves = pd.DataFrame(columns=["step", "eager", "compiled"])
         if not check.enabled:
@@ -75,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
             else:
                 other_run = RunOutcome(np.array([s["loss"] for s in other.steps]), other.val_probs)
                 eager, compiled = (own, other_run) if not train_mode_compiled else (other_run, own)
-                ext = read_table(args.external) if args.external else None
+                ext = read_table(args.external) if args.external and Path(args.external).is_file() else None
                 if ext is not None and len(ext):
                     own_state = torch.load(args.model, map_location="cpu", weights_only=True)["state_dict"]
                     states = {train_mode_compiled: own_state, not train_mode_compiled: other.state_dict}

@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
             "classes": inp.data.classes, "num_classes": len(inp.data.classes),
             "stain_reference_sha256": read_json(args.reference).get("reference_sha256"),
             "params_sha256": params_sha256(section), "best_epoch": result.best_epoch,
-            "compile": result.compile, "torch_version": torch.__version__,
+            "compile": result.compile, "torch_version": str(torch.__version__),
             "local_weights_sha256": result.weights_sha256,
         }
         write_model(result.state_dict, metadata, args.model_out)

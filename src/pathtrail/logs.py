@@ -40,7 +40,7 @@ def configure(log_file: str | Path | None = None, **context: Any) -> structlog.s
     root = logging.getLogger()
     root.handlers = handlers
     root.setLevel(logging.INFO)
-    for noisy in ("matplotlib", "PIL", "torch._inductor", "torch._dynamo", "filelock"):
+    for noisy in ("matplotlib", "PIL", "torch", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if not _configured:
         structlog.configure(

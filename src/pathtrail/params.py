@@ -74,7 +74,12 @@ def from_dict(cls: type[T], data: Any, prefix: str = "") -> T:
                 continue
             raise ParamsError(f"missing params key '{key}'")
         values[name] = _convert(hints[name], data[name], key)
-    obj = cls(**values)
+    try:
+        obj = cls(**values)
+    except ParamsError:
+        raise
+    except (TypeError, ValueError) as exc:  # a dataclass's own __post_init__ checks
+        raise ParamsError(f"invalid '{prefix}' params: {exc}") from None
     check = getattr(obj, "check", None)
     if callable(check):
         check()

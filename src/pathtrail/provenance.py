@@ -103,7 +103,7 @@ def versions() -> dict[str, str]:
 
     return {
         "python": platform.python_version(),
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),
         "pathtrail": pathtrail.__version__,
     }
 
@@ -116,7 +116,7 @@ def environment() -> dict[str, Any]:
     return {
         "python_version": platform.python_version(),
         "python_implementation": platform.python_implementation(),
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),
         "torch_git_version": getattr(torch.version, "git_version", None),
         "cuda_version": torch.version.cuda,
         "cudnn_version": torch.backends.cudnn.version() if cuda else None,

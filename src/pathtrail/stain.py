@@ -1,0 +1,290 @@
+"""Batched, robust Macenko stain normalization (torch; the same code runs on CPU and CUDA).
+
+Numerically it follows torchstain's torch backend (Macenko et al., ISBI 2009): optical density
+OD = -ln((I + 1) / io); tissue pixels have every channel OD >= beta; the two stain vectors are the
+alpha / (100 - alpha) nearest-rank percentile angles in the plane of the two largest eigenvectors of
+the tissue OD covariance (the one with the larger red component is hematoxylin); concentrations come
+from least squares over all pixels and are rescaled by 99th-percentile maxima. Each patch is mapped
+by one linear map in OD space, ``io * exp(-(ref_stains @ diag(ref_max / max) @ unmix) @ OD)``.
+
+Where torchstain raises or renders background purple (blank patches, <= 1 % tissue, flat colour,
+pen ink), a patch whose estimate is unusable falls back to the reference ("reference": the reference
+stains stand in for the patch's own) or is returned unchanged ("passthrough"); `last_stats` counts
+fallbacks. Patches are independent: a patch gives the same bits alone or inside any batch.
+
+A normalizer holds per-call scratch memory; use one instance per thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import structlog
+import torch
+from torch import Tensor
+
+from pathtrail import __version__
+from pathtrail import _stain_ops as ops
+
+log = structlog.get_logger(__name__)
+
+FORMAT_VERSION = 1
+FALLBACKS = ("reference", "passthrough")
+# torchstain's built-in reference, used until `fit` is called.
+DEFAULT_STAINS = ((0.5626, 0.2159), (0.7201, 0.8012), (0.4062, 0.5581))
+DEFAULT_MAX_CONCENTRATIONS = (1.9705, 1.0308)
+# Per-slide scope: pixels sampled (evenly strided over the whole batch) to estimate the slide's map.
+SLIDE_SAMPLE_PIXELS = 1 << 18
+# `fit` pools at most this many pixels (an evenly strided sample beyond it) to bound its memory.
+FIT_MAX_PIXELS = 1 << 22
+# Chunks are also capped in pixels: a working set past the CPU caches costs more than it saves.
+CHUNK_PIXELS = 1 << 17
+
+Array = np.ndarray | Tensor
+
+
+class MacenkoNormalizer:
+    """Macenko normalizer: `fit` a reference, then `normalize` (per patch) or `normalize_slide`."""
+
+    def __init__(self, io: float = 240, alpha: float = 1.0, beta: float = 0.15,
+                 min_tissue_fraction: float = 0.05, fallback: str = "reference",
+                 chunk_size: int = 64) -> None:
+        if not io > 0:
+            raise ValueError(f"io must be > 0, got {io}")
+        if not 0 <= alpha < 50:
+            raise ValueError(f"alpha must be in [0, 50), got {alpha}")
+        if not beta >= 0:
+            raise ValueError(f"beta must be >= 0, got {beta}")
+        if not 0 <= min_tissue_fraction <= 1:
+            raise ValueError(f"min_tissue_fraction must be in [0, 1], got {min_tissue_fraction}")
+        if fallback not in FALLBACKS:
+            raise ValueError(f"fallback must be one of {FALLBACKS}, got {fallback!r}")
+        if int(chunk_size) < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        self.io, self.alpha, self.beta = float(io), float(alpha), float(beta)
+        self.min_tissue_fraction = float(min_tissue_fraction)
+        self.fallback, self.chunk_size = fallback, int(chunk_size)
+        self.stain_matrix = torch.tensor(DEFAULT_STAINS, dtype=torch.float64)  # (3, 2): H, E
+        self.max_concentrations = torch.tensor(DEFAULT_MAX_CONCENTRATIONS, dtype=torch.float64)
+        self.reference_sha256: list[str] = []
+        self.last_stats: dict[str, int] = {"patches": 0, "fallback": 0}
+        self._device_cache: dict[torch.device, dict[str, Any]] = {}
+
+    # ----------------------------------------------------------------------------- reference
+    def fit(self, images: Array | Sequence[Array]) -> MacenkoNormalizer:
+        """Fit the reference on one uint8 (H, W, 3) image or on the pooled pixels of several."""
+        items = [images] if _is_array(images) and images.ndim == 3 else list(images)
+        if not items:
+            raise ValueError("fit needs at least one image")
+        tensors = [_as_tensor(img, ndim=3, what="reference image") for img in items]
+        pixels = torch.cat([t.reshape(-1, 3) for t in tensors]).unsqueeze(0)
+        if pixels.shape[1] > FIT_MAX_PIXELS:
+            log.info("stain.fit.sampled", pixels=pixels.shape[1], sample=FIT_MAX_PIXELS)
+            pixels = _strided_sample(pixels, FIT_MAX_PIXELS)
+        est = self._estimate(pixels, ops.Scratch())[1]
+        if not bool(est.valid[0]):
+            raise ValueError(
+                f"the reference has no usable H&E staining (tissue fraction "
+                f"{float(est.tissue_fraction[0]):.3f}, min {self.min_tissue_fraction}): "
+                "fit on patches with tissue")
+        self.stain_matrix = est.stains[0].cpu()
+        self.max_concentrations = est.max_conc[0].cpu()
+        self.reference_sha256 = [_image_sha256(t) for t in tensors]
+        self._device_cache.clear()
+        log.info("stain.fit", images=len(tensors), pixels=pixels.shape[1],
+                 tissue_fraction=round(float(est.tissue_fraction[0]), 4))
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able reference: settings, stain matrix (rows R, G, B; columns H, E), maxima."""
+        return {
+            "version": FORMAT_VERSION,
+            "method": "macenko",
+            "pathtrail_version": __version__,
+            "io": self.io,
+            "alpha": self.alpha,
+            "beta": self.beta,
+            "min_tissue_fraction": self.min_tissue_fraction,
+            "fallback": self.fallback,
+            "chunk_size": self.chunk_size,
+            "stain_matrix": [[float(v) for v in row] for row in self.stain_matrix.tolist()],
+            "max_concentrations": [float(v) for v in self.max_concentrations.tolist()],
+            "reference_sha256": list(self.reference_sha256),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], **overrides: Any) -> MacenkoNormalizer:
+        """Rebuild from `to_dict` output; keys it does not know (e.g. fit_paths) are ignored.
+
+        `overrides` replace the stored min_tissue_fraction / fallback / chunk_size.
+        """
+        missing = [k for k in ("version", "io", "alpha", "beta", "stain_matrix", "max_concentrations")
+                   if k not in d]
+        if missing:
+            raise KeyError(f"stain reference is missing keys {missing}")
+        if d["version"] != FORMAT_VERSION:
+            raise ValueError(f"stain reference version {d['version']} is not {FORMAT_VERSION}")
+        unknown = set(overrides) - {"min_tissue_fraction", "fallback", "chunk_size"}
+        if unknown:
+            raise TypeError(f"unknown overrides {sorted(unknown)}")
+        settings = {k: d[k] for k in ("min_tissue_fraction", "fallback", "chunk_size") if k in d}
+        norm = cls(io=d["io"], alpha=d["alpha"], beta=d["beta"], **{**settings, **overrides})
+        stains = torch.tensor(d["stain_matrix"], dtype=torch.float64)
+        maxima = torch.tensor(d["max_concentrations"], dtype=torch.float64)
+        if stains.shape != (3, 2) or maxima.shape != (2,):
+            raise ValueError("stain_matrix must be 3x2 and max_concentrations of length 2")
+        norm.stain_matrix, norm.max_concentrations = stains, maxima
+        norm.reference_sha256 = [str(h) for h in d.get("reference_sha256", [])]
+        return norm
+
+    # ----------------------------------------------------------------------------- normalize
+    def normalize(self, batch: Array, return_concentrations: bool = False):
+        """Normalize each patch with its own stain estimate.
+
+        batch: uint8 (N, H, W, 3), numpy or torch; returns the same type, dtype, shape and device.
+        With `return_concentrations`, returns (normalized, H, E), H and E float32 (N, H, W) in the
+        reference's concentration scale.
+        """
+        start = time.perf_counter()
+        x = _as_tensor(batch, ndim=4, what="batch")
+        n, height, width, _ = x.shape
+        flat = x.view(n, height * width, 3)
+        out = torch.empty_like(flat)
+        conc = torch.empty(2, n, height * width, dtype=torch.float32, device=x.device) \
+            if return_concentrations else None
+        fallbacks = 0
+        for lo, hi in self._chunks(n, height * width):
+            fallbacks += self._normalize_chunk(flat[lo:hi], out[lo:hi],
+                                               None if conc is None else conc[:, lo:hi])
+        self.last_stats = {"patches": n, "fallback": fallbacks}
+        log.debug("stain.normalize", patches=n, fallback=fallbacks,
+                  seconds=round(time.perf_counter() - start, 4))
+        result = _like(out.view(x.shape), batch)
+        if conc is None:
+            return result
+        planes = conc.view(2, n, height, width)
+        return result, _like(planes[0], batch), _like(planes[1], batch)
+
+    def normalize_slide(self, batch: Array) -> Array:
+        """Per-slide scope: one stain estimate from an evenly strided pixel sample of the whole
+        batch (a slide), then the same fixed map for every patch (faster, and no per-patch
+        variation). Falls back for the whole batch if the slide's estimate is unusable."""
+        start = time.perf_counter()
+        x = _as_tensor(batch, ndim=4, what="batch")
+        n, height, width, _ = x.shape
+        flat = x.view(n, height * width, 3)
+        out = torch.empty_like(flat)
+        cache = self._cache(x.device)
+        est = self._estimate(_strided_sample(flat, SLIDE_SAMPLE_PIXELS), cache["scratch"])[1]
+        valid = bool(est.valid[0]) and n > 0
+        if valid or self.fallback == "reference":
+            unmix = est.unmix if valid else cache["ref_unmix"]
+            max_conc = est.max_conc if valid else cache["ref_max"]
+            od_map = ops.od_map(cache["ref_stains"], cache["ref_max"], unmix, max_conc)
+            tables = ops.channel_tables(od_map, cache["lut"], self.io)[0]
+            rg_table = ops.pair_table(tables)
+            for lo, hi in self._chunks(n, height * width):
+                planar = ops.to_planar(flat[lo:hi], cache["scratch"])
+                ops.apply_fixed(planar, rg_table, tables[2], out[lo:hi], cache["scratch"])
+        else:
+            out.copy_(x)
+        self.last_stats = {"patches": n, "fallback": 0 if valid else n}
+        log.debug("stain.normalize_slide", patches=n, fallback=self.last_stats["fallback"],
+                  tissue_fraction=round(float(est.tissue_fraction[0]), 4),
+                  seconds=round(time.perf_counter() - start, 4))
+        return _like(out.view(x.shape), batch)
+
+    # ----------------------------------------------------------------------------- internals
+    def _normalize_chunk(self, patches: Tensor, out: Tensor, conc: Tensor | None) -> int:
+        """Normalize (m, P, 3) uint8 patches into `out`, their (2, m, P) concentrations into
+        `conc` if given; returns the number of fallbacks."""
+        cache = self._cache(patches.device)
+        planar, est, od = self._estimate(patches, cache["scratch"])
+        ok = est.valid
+        unmix = torch.where(ok[:, None, None], est.unmix, cache["ref_unmix"])
+        max_conc = torch.where(ok[:, None], est.max_conc, cache["ref_max"])
+        od_map = ops.od_map(cache["ref_stains"], cache["ref_max"], unmix, max_conc)
+        tables = ops.channel_tables(od_map, cache["lut"], self.io)
+        if conc is not None:
+            conc.copy_(est.conc)  # before the scratch buffers are reused
+            bad = (~ok).nonzero().squeeze(-1)
+            if len(bad):
+                ref = cache["ref_unmix"].expand(len(bad), 2, 3)
+                conc[:, bad] = ops.concentrations(od[:, bad], ref, cache["scratch"], "conc_ref")
+            conc *= (cache["ref_max"] / max_conc).T.to(torch.float32).unsqueeze(-1)
+        ops.apply_tables(planar, tables, out, cache["scratch"])
+        n_bad = int((~ok).sum())
+        if n_bad and self.fallback == "passthrough":
+            out[~ok] = patches[~ok]
+        return n_bad
+
+    def _estimate(self, patches: Tensor, scratch: ops.Scratch
+                  ) -> tuple[Tensor, ops.StainEstimate, Tensor]:
+        """(n, P, 3) uint8 -> planar indices (3, n, P), the stain estimate, OD (3, n, P)."""
+        planar = ops.to_planar(patches, scratch)
+        od = ops.optical_density(planar, self._cache(patches.device)["lut"], scratch)
+        est = ops.estimate(od, self.alpha, self.beta, self.min_tissue_fraction, scratch)
+        return planar, est, od
+
+    def _chunks(self, n: int, npix: int) -> list[tuple[int, int]]:
+        step = max(1, min(self.chunk_size, CHUNK_PIXELS // max(npix, 1)))
+        return [(lo, min(lo + step, n)) for lo in range(0, n, step)]
+
+    def _cache(self, device: torch.device) -> dict[str, Any]:
+        """Reference tensors and look-up tables on `device` (rebuilt after `fit`)."""
+        if device not in self._device_cache:
+            lut = ops.od_lut(self.io, device)
+            stains = self.stain_matrix.to(device)
+            self._device_cache[device] = {
+                "lut": lut,
+                "ref_stains": stains.unsqueeze(0),
+                "ref_max": self.max_concentrations.to(device).unsqueeze(0),
+                "ref_unmix": ops.unmixing_matrix(stains.unsqueeze(0)),
+                "scratch": ops.Scratch(),
+            }
+        return self._device_cache[device]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_device_cache": {}}
+
+
+def _is_array(obj: object) -> bool:
+    return isinstance(obj, (np.ndarray, Tensor))
+
+
+def _as_tensor(data: Array, ndim: int, what: str) -> Tensor:
+    """A uint8 torch view of a numpy array or tensor, with a checked (..., 3) shape."""
+    if isinstance(data, np.ndarray):
+        if not data.flags.writeable:
+            data = data.copy()
+        data = torch.from_numpy(np.ascontiguousarray(data))
+    elif not isinstance(data, Tensor):
+        raise TypeError(f"{what} must be a numpy array or a torch tensor, got {type(data).__name__}")
+    if data.dtype != torch.uint8:
+        raise TypeError(f"{what} must be uint8, got {data.dtype}")
+    shape = "(N, H, W, 3)" if ndim == 4 else "(H, W, 3)"
+    if data.ndim != ndim or data.shape[-1] != 3:
+        raise ValueError(f"{what} must be shaped {shape} RGB, got {tuple(data.shape)}")
+    return data.contiguous()
+
+
+def _strided_sample(pixels: Tensor, limit: int) -> Tensor:
+    """At most `limit` pixels of (n, P, 3), evenly strided over all of them -> (1, S, 3)."""
+    flat = pixels.reshape(-1, 3)
+    return flat[:: max(1, math.ceil(len(flat) / limit))].unsqueeze(0)
+
+
+def _like(result: Tensor, template: Array) -> Array:
+    return result.numpy() if isinstance(template, np.ndarray) else result
+
+
+def _image_sha256(image: Tensor) -> str:
+    """sha256 of an image's shape ("HxWx3:") followed by its raw C-order uint8 bytes."""
+    digest = hashlib.sha256("x".join(map(str, image.shape)).encode() + b":")
+    digest.update(image.cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
