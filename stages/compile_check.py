@@ -65,7 +65,9 @@ def main(argv: list[str] | None = None) -> None:
         if not check.enabled:
             report |= {"status": "skipped", "passed": None}
         else:
-            train_mode_compiled = inp.train.use_compile
+            # The mode the train stage really ran in (compile may have fallen back to eager).
+            meta = torch.load(args.model, map_location="cpu", weights_only=True)["metadata"]
+            train_mode_compiled = bool(meta.get("compile", {}).get("used", False))
             own = RunOutcome(read_table(args.train_steps)["loss"].to_numpy(),
                              read_table(args.val_probs).filter(like="prob_").to_numpy())
             other = fit(inp.store, inp.splits["train"], inp.splits["val"], inp.train, inp.model, inp.data,

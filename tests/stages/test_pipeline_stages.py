@@ -90,3 +90,47 @@ def test_training_stage_is_bitwise_reproducible(pipeline, tmp_path, monkeypatch)
     b = torch.load(tmp_path / "model.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert (tmp_path / "train.json").read_bytes() == (pipeline / "metrics/train.json").read_bytes()
+
+
+class _Skewed(torch.nn.Module):
+    """A deliberately wrong "compiled" model: the real one, with its logits distorted."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        logits = self.net(x)
+        return logits * 3.0 + torch.linspace(-2.0, 2.0, logits.shape[-1])
+
+
+def _rerun_compile_check(pipeline, tmp_path, monkeypatch, **overrides):
+    """Run compile_check on the trained fixture with a broken compiled path and `overrides`."""
+    monkeypatch.chdir(pipeline)
+    monkeypatch.setattr(torch, "compile", lambda model, **_: _Skewed(model))
+    params = write_params(tmp_path, tiny_params(pipeline, **overrides))
+    out = tmp_path / "compile_check.json"
+    args = ["--params", str(params), "--out", str(out), "--curves", str(tmp_path / "loss.csv"),
+            "--figure", str(tmp_path / "loss.png")]
+    try:
+        run_stage("compile_check", *args)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    return code, json.loads(out.read_text()) if out.is_file() else None
+
+
+def test_a_broken_compiled_path_fails_the_gate(pipeline, tmp_path, monkeypatch, capsys):
+    code, report = _rerun_compile_check(pipeline, tmp_path, monkeypatch)
+    assert code == 0  # use_compile=false: the check informs, it does not stop an eager pipeline
+    assert report["status"] == "failed" and report["passed"] is False
+    assert any("loss" in f for f in report["failures"])
+    assert report["loss_step0_delta"] > 1e-3
+
+
+def test_production_with_compile_stops_on_a_failed_gate(pipeline, tmp_path, monkeypatch, capsys):
+    code, report = _rerun_compile_check(pipeline, tmp_path, monkeypatch, **{"train.use_compile": True})
+    assert code == 1
+    assert report["status"] == "failed"
+    err = capsys.readouterr().err
+    assert "compile validation FAILED" in err and "step-0 loss differs" in err
