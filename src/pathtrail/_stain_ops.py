@@ -3,8 +3,9 @@
 Layout: a chunk of n patches with P pixels each is handled channel-major, ``(3, n, P)``, so every
 per-channel operation runs over long contiguous rows. Per-pixel work uses only operations that are
 exactly rounded (table look-ups, +, -, *, /, comparisons, min/max, top-k) and row reductions that
-never span patches, so a patch gives the same bits alone or inside any batch; transcendental
-functions are evaluated on small per-patch tables only.
+never span patches, so on CPU a patch gives the same bits alone or inside any batch (CUDA's float
+reductions change their order with the row count); transcendental functions are evaluated on small
+per-patch tables only.
 
 Numerics follow torchstain's torch backend (float32 optical density, nearest-rank percentiles);
 the 3x3 / 2x2 algebra runs in float64.
@@ -92,6 +93,8 @@ def kth_smallest(values: Tensor, k: Tensor, largest: bool = False) -> Tensor:
     smallest of those blocks' values (a top-k over a few thousand values instead of P).
     """
     rows, npix = values.shape
+    if npix == 0:  # no values (0-pixel patches, an empty slide): callers mark the row invalid
+        return values.new_zeros(rows)
     k = k.clamp(1, npix)
     kmax = int(k.max())
     width = npix // _BLOCKS
@@ -176,7 +179,7 @@ def estimate(od: Tensor, alpha: float, beta: float, min_tissue_fraction: float,
     tissue = torch.ge(weight, beta, out=ws.get("tissue", (n, npix), torch.bool, od.device))
     weight.copy_(tissue.view(torch.uint8))  # all channels OD >= beta, as in torchstain
     count = tissue.view(torch.uint8).sum(-1)
-    fraction = count.double() / npix
+    fraction = count.double() / max(npix, 1)  # 0 for 0-pixel patches, not NaN
     cov = _covariance(od, weight, count, ws)
     enough = (count >= 3) & (fraction >= min_tissue_fraction) & cov.isfinite().all((-1, -2))
     eye = torch.eye(3, dtype=cov.dtype, device=cov.device)

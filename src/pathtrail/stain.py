@@ -8,9 +8,11 @@ from least squares over all pixels and are rescaled by 99th-percentile maxima. E
 by one linear map in OD space, ``io * exp(-(ref_stains @ diag(ref_max / max) @ unmix) @ OD)``.
 
 Where torchstain raises or renders background purple (blank patches, <= 1 % tissue, flat colour,
-pen ink), a patch whose estimate is unusable falls back to the reference ("reference": the reference
+single-colour pen ink; ink with sensor noise passes as two stains and is not caught), a patch whose estimate is unusable falls back to the reference ("reference": the reference
 stains stand in for the patch's own) or is returned unchanged ("passthrough"); `last_stats` counts
-fallbacks. Patches are independent: a patch gives the same bits alone or inside any batch.
+fallbacks. Patches are independent: on CPU a patch gives the same bits alone or inside any batch;
+on CUDA a chunk holding a single patch sums its moments in another order (CUDA reductions split
+rows when there are few), so a lone patch can differ from the batched one by rounding.
 
 A normalizer holds per-call scratch memory; use one instance per thread.
 """
@@ -44,6 +46,9 @@ SLIDE_SAMPLE_PIXELS = 1 << 18
 FIT_MAX_PIXELS = 1 << 22
 # Chunks are also capped in pixels: a working set past the CPU caches costs more than it saves.
 CHUNK_PIXELS = 1 << 17
+# On a GPU the cap only bounds scratch memory (~200 bytes a pixel, so ~1 GB): 2^17-pixel chunks
+# (two 256x256 patches) left an H200 mostly idle, 27x slower than 2^22 at 256x256.
+GPU_CHUNK_PIXELS = 1 << 22
 
 Array = np.ndarray | Tensor
 
@@ -158,7 +163,7 @@ class MacenkoNormalizer:
         conc = torch.empty(2, n, height * width, dtype=torch.float32, device=x.device) \
             if return_concentrations else None
         fallbacks = 0
-        for lo, hi in self._chunks(n, height * width):
+        for lo, hi in self._chunks(n, height * width, x.device):
             fallbacks += self._normalize_chunk(flat[lo:hi], out[lo:hi],
                                                None if conc is None else conc[:, lo:hi])
         self.last_stats = {"patches": n, "fallback": fallbacks}
@@ -188,11 +193,11 @@ class MacenkoNormalizer:
             od_map = ops.od_map(cache["ref_stains"], cache["ref_max"], unmix, max_conc)
             tables = ops.channel_tables(od_map, cache["lut"], self.io)[0]
             rg_table = ops.pair_table(tables)
-            for lo, hi in self._chunks(n, height * width):
+            for lo, hi in self._chunks(n, height * width, x.device):
                 planar = ops.to_planar(flat[lo:hi], cache["scratch"])
                 ops.apply_fixed(planar, rg_table, tables[2], out[lo:hi], cache["scratch"])
         else:
-            out.copy_(x)
+            out.copy_(flat)
         self.last_stats = {"patches": n, "fallback": 0 if valid else n}
         log.debug("stain.normalize_slide", patches=n, fallback=self.last_stats["fallback"],
                   tissue_fraction=round(float(est.tissue_fraction[0]), 4),
@@ -231,8 +236,9 @@ class MacenkoNormalizer:
         est = ops.estimate(od, self.alpha, self.beta, self.min_tissue_fraction, scratch)
         return planar, est, od
 
-    def _chunks(self, n: int, npix: int) -> list[tuple[int, int]]:
-        step = max(1, min(self.chunk_size, CHUNK_PIXELS // max(npix, 1)))
+    def _chunks(self, n: int, npix: int, device: torch.device) -> list[tuple[int, int]]:
+        cap = CHUNK_PIXELS if device.type == "cpu" else GPU_CHUNK_PIXELS
+        step = max(1, min(self.chunk_size, cap // max(npix, 1)))
         return [(lo, min(lo + step, n)) for lo in range(0, n, step)]
 
     def _cache(self, device: torch.device) -> dict[str, Any]:
