@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import torch
@@ -9,8 +10,7 @@ from torch import nn
 
 from pathtrail.errors import PathTrailError
 from pathtrail.io import sha256_file
-
-TORCHVISION_ARCHS = ("resnet18", "resnet34", "resnet50", "densenet121", "vit_b_16")
+from pathtrail.settings import ARCHITECTURES, TORCHVISION_ARCHS
 
 
 class SmallCNN(nn.Module):
@@ -20,7 +20,7 @@ class SmallCNN(nn.Module):
         super().__init__()
         chans = [3, width, width * 2, width * 4, width * 4]
         blocks: list[nn.Module] = []
-        for cin, cout in zip(chans[:-1], chans[1:], strict=True):
+        for cin, cout in itertools.pairwise(chans):
             blocks += [
                 nn.Conv2d(cin, cout, 3, padding=1, bias=False),
                 nn.GroupNorm(min(8, cout // 4), cout),
@@ -37,7 +37,7 @@ class SmallCNN(nn.Module):
 
 
 def known_architectures() -> list[str]:
-    return ["small_cnn", *TORCHVISION_ARCHS]
+    return list(ARCHITECTURES)
 
 
 def build_model(arch: str, num_classes: int, width: int = 32, dropout: float = 0.2) -> nn.Module:
@@ -66,7 +66,7 @@ def load_local_weights(model: nn.Module, path: str | Path) -> str:
     state = torch.load(p, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    _missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected:
         raise PathTrailError(f"model.weights_path: {p} has keys the model lacks: {unexpected[:5]}")
     return sha256_file(p)

@@ -9,6 +9,10 @@ from typing import Literal
 from pathtrail.demo import DemoParams
 from pathtrail.params import require
 
+# The architectures `pathtrail.models.build_model` knows (torchvision ones need torchvision installed).
+TORCHVISION_ARCHS = ("resnet18", "resnet34", "resnet50", "densenet121", "vit_b_16")
+ARCHITECTURES = ("small_cnn", *TORCHVISION_ARCHS)
+
 
 @dataclass(frozen=True)
 class SplitParams:
@@ -79,6 +83,8 @@ class ModelParams:
     weights_path: str | None
 
     def check(self) -> None:
+        require(self.arch in ARCHITECTURES, "model.arch",
+                f"is {self.arch!r}, which is not a known architecture; choose one of: {', '.join(ARCHITECTURES)}")
         require(self.width >= 4, "model.width", "must be >= 4")
         require(0 <= self.dropout < 1, "model.dropout", "must be in [0, 1)")
 
@@ -91,6 +97,12 @@ class EarlyStopping:
 
 @dataclass(frozen=True)
 class Distributed:
+    """`nproc_per_node > 1`: the train stage relaunches itself under torchrun on this node.
+
+    Multi-node runs are launched by the user with `torchrun --nnodes ...`; the world size then
+    comes from torchrun's environment and this value is not used to launch anything.
+    """
+
     nproc_per_node: int
 
 
@@ -130,17 +142,22 @@ class TrainParams:
         require(self.checkpoint_every >= 1, "train.checkpoint_every", "must be >= 1")
         require(self.early_stopping.patience >= 1, "train.early_stopping.patience", "must be >= 1")
         n = self.distributed.nproc_per_node
-        available = _available_devices()
-        require(1 <= n <= available, "train.distributed.nproc_per_node",
-                f"is {n}, but this machine has {available} CPUs/GPUs available")
+        require(n >= 1, "train.distributed.nproc_per_node", f"must be >= 1, got {n}")
+        available, kind = _available_devices()
+        require(n <= available, "train.distributed.nproc_per_node",
+                f"is {n}, but this machine has only {available} {kind} available (one process per {kind[:-1]})")
+        require(self.batch_size % n == 0, "train.batch_size",
+                f"is {self.batch_size}, which does not divide among train.distributed.nproc_per_node={n} "
+                f"processes; train.batch_size is the global batch, so use a multiple of {n}")
 
 
-def _available_devices() -> int:
+def _available_devices() -> tuple[int, str]:
+    """(count, "GPUs") on a CUDA machine, else (usable CPU cores, "CPUs")."""
     import torch
 
     if torch.cuda.is_available():
-        return torch.cuda.device_count()
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return torch.cuda.device_count(), "GPUs"
+    return (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)), "CPUs"
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import tiny_params, write_params
 
+from conftest import tiny_params, write_params
 from pathtrail.loaders import KeyedBatchSampler, PatchDataset
 from pathtrail.params import load_section
 from pathtrail.settings import DataParams, ModelParams, TrainParams
