@@ -24,8 +24,9 @@ def test_cuda_training_is_bitwise_deterministic(tiny_store, tmp_path):
 
 
 def test_cuda_agrees_with_cpu_closely(tiny_store, tmp_path):
-    gpu = _gpu_fit(*tiny_store, tmp_path)
-    cpu = _fit(*tiny_store, _params(tmp_path), device=torch.device("cpu"))
+    # Dropout off: CPU and CUDA have different random generators, so their masks differ by design.
+    gpu = _gpu_fit(*tiny_store, tmp_path, **{"model.dropout": 0.0})
+    cpu = _fit(*tiny_store, _params(tmp_path, **{"model.dropout": 0.0}), device=torch.device("cpu"))
     g, c = np.array([s["loss"] for s in gpu.steps]), np.array([s["loss"] for s in cpu.steps])
     # Different kernels, same maths: fp32 losses agree to float rounding accumulated over 12 steps.
     assert np.abs(g - c).max() < 1e-3
