@@ -233,22 +233,35 @@ def _git_commit(card: dict[str, Any], root: Path) -> list[str]:
 
 
 def _chain_head(card: dict[str, Any], entries: list[dict[str, Any]]) -> list[str]:
+    """The card's chain head is in the trail, and no later run changed what the card describes.
+
+    A stage run after the card that reproduced, bit for bit, the outputs the trail recorded for that
+    stage up to the card (a fresh clone's `dvc repro`, say) leaves the card valid.
+    """
     head = get(card, "audit.chain_head")
     hashes = [e.get("entry_hash") for e in entries]
     if head not in hashes:
         return [
             f"card field audit.chain_head = {head} is not the hash of any entry in the audit trail"
         ]
-    later = [
-        e
-        for e in entries[hashes.index(head) + 1 :]
-        if e.get("stage") != CARD_STAGE and e.get("action") == "end" and e.get("outcome") == "ok"
-    ]
-    return [
-        f"the audit trail records a run of stage {e.get('stage')} (seq {e.get('seq')}) after the card's "
-        "chain head: the card is out of date; rerun `dvc repro`"
-        for e in later
-    ]
+    cut = hashes.index(head) + 1
+    described: dict[str, Any] = {}
+    for e in entries[:cut]:
+        if e.get("action") == "end" and e.get("outcome") == "ok":
+            described[e.get("stage")] = e.get("outputs")
+    out = []
+    for e in entries[cut:]:
+        stage = e.get("stage")
+        if stage == CARD_STAGE or e.get("action") != "end" or e.get("outcome") != "ok":
+            continue
+        if e.get("outputs") is not None and e.get("outputs") == described.get(stage):
+            continue  # reproduced the very outputs the card describes
+        out.append(
+            f"the audit trail records a run of stage {stage} (seq {e.get('seq')}) after the card's "
+            "chain head whose outputs differ from those the card describes: the card is out of "
+            "date; rerun `dvc repro`"
+        )
+    return out
 
 
 def _figures(card: dict[str, Any], folder: Path) -> list[str]:

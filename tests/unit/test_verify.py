@@ -139,6 +139,22 @@ def test_a_pipeline_run_after_the_card_makes_it_stale(tree):
     assert any("run of stage evaluate" in p and "after the card's chain head" in p for p in found)
 
 
+def test_a_rerun_that_reproduces_the_outputs_keeps_the_card_valid(tree, monkeypatch):
+    """A fresh clone's `dvc repro` reruns stages whose outputs come out bit for bit the same."""
+    monkeypatch.chdir(tree)
+    ends = [e for e in audit.read_entries(tree / TRAIL)
+            if e["action"] == "end" and e["outcome"] == "ok" and e.get("outputs")]
+    last = ends[-1] if ends[-1]["stage"] != "model_card" else ends[-2]
+    with audit.stage(last["stage"], inputs=[], trail=tree / TRAIL) as rec:
+        rec.outputs(*last["outputs"])
+    assert not [p for p in problems(tree, "audit", "card") if "after the card's chain head" in p]
+    (tree / next(iter(last["outputs"]))).write_bytes(b"changed")
+    with audit.stage(last["stage"], inputs=[], trail=tree / TRAIL) as rec:
+        rec.outputs(*last["outputs"])
+    assert any(f"run of stage {last['stage']}" in p and "differ" in p
+               for p in problems(tree, "audit", "card"))
+
+
 def test_unknown_commit_and_chain_head_in_the_card(tree):
     edit_json(
         tree / CARD_JSON,
