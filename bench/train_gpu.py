@@ -19,10 +19,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train import bench_params, machine, synthetic_store  # noqa: E402
-
-from pathtrail.io import write_json  # noqa: E402
-from pathtrail.training import fit  # noqa: E402
+from pathtrail.io import write_json
+from pathtrail.training import fit
+from train import bench_params, machine, synthetic_store
 
 CONFIGS = {
     "fp32_deterministic": {},

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from pathtrail.stain import MacenkoNormalizer
 from tqdm import tqdm
 
 from pathtrail import audit, figures
@@ -14,6 +13,7 @@ from pathtrail.io import atomic_dir, read_json, read_table, remove_outputs, writ
 from pathtrail.logs import progress_enabled
 from pathtrail.settings import DataParams, StainParams
 from pathtrail.stagekit import entrypoint, get_logger, load, raw_section, stage_parser
+from pathtrail.stain import MacenkoNormalizer
 from pathtrail.store import StoreWriter, load_rgb
 
 COHORTS = ("internal", "external")
@@ -30,9 +30,15 @@ def parse_args(argv: list[str] | None):
     return p.parse_args(argv)
 
 
-def batches(table: pd.DataFrame, scope: str):
-    """Row groups to normalize together: fixed-size chunks, or one group per slide."""
-    if scope == "slide":
+def by_slide(stain: StainParams) -> bool:
+    """Whether patches are normalized slide by slide: per-slide scope, or the "slide" fallback (a
+    patch that falls back uses its whole slide's estimate, so a slide must never be split)."""
+    return stain.scope == "slide" or stain.fallback == "slide"
+
+
+def batches(table: pd.DataFrame, slides: bool):
+    """Row groups to normalize together: one group per slide, or fixed-size chunks."""
+    if slides:
         for _, group in table.groupby("slide_id", sort=True):
             yield group
     else:
@@ -48,7 +54,9 @@ def main(argv: list[str] | None = None) -> None:
     tables = {c: Path(args.validated) / f"{c}.csv" for c in COHORTS if (Path(args.validated) / f"{c}.csv").is_file()}
     with audit.stage("normalize", inputs=[*tables.values(), args.reference, root],
                      params={"stain": raw_section(args, "stain")}, trail=args.trail) as rec:
-        normalizer = MacenkoNormalizer.from_dict(read_json(args.reference))
+        # stain.fallback decides the batching below, so the normalizer follows it too (stain_fit
+        # stores the same value in the reference; this keeps both in step under `-S` overrides).
+        normalizer = MacenkoNormalizer.from_dict(read_json(args.reference), fallback=stain.fallback)
         report: dict = {"enabled": stain.enable_stain_norm, "scope": stain.scope, "fallback": stain.fallback,
                         "reference_sha256": normalizer.to_dict().get("reference_sha256"), "cohorts": {}}
         samples: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -58,17 +66,18 @@ def main(argv: list[str] | None = None) -> None:
                 writer = StoreWriter(tmp, stain.shard_size, shape)
                 for cohort, path in tables.items():
                     table = read_table(path)
-                    table = table.sort_values(["slide_id", "path"] if stain.scope == "slide" else ["path"],
+                    table = table.sort_values(["slide_id", "path"] if by_slide(stain) else ["path"],
                                               ignore_index=True)
-                    counts = {"patches": 0, "fallback": 0}
+                    counts = {"patches": 0, "fallback": 0, "fallback_slide": 0}
                     bar = tqdm(total=len(table), desc=f"normalize {cohort}", disable=not progress_enabled())
-                    for group in batches(table, stain.scope):
+                    for group in batches(table, by_slide(stain)):
                         raw = np.stack([load_rgb(root / p, data.patch_size) for p in group.path])
                         out = raw
                         if stain.enable_stain_norm:
                             out = (normalizer.normalize_slide(raw) if stain.scope == "slide"
-                                   else normalizer.normalize(raw))
-                            counts["fallback"] += int(normalizer.last_stats.get("fallback", 0))
+                                   else normalizer.normalize(raw, slide_ids=group.slide_id.tolist()))
+                            for key in ("fallback", "fallback_slide"):
+                                counts[key] += int(normalizer.last_stats.get(key, 0))
                         counts["patches"] += len(raw)
                         rows = group.assign(cohort=cohort)
                         writer.add(out, rows)
@@ -85,7 +94,8 @@ def main(argv: list[str] | None = None) -> None:
         except BaseException:
             remove_outputs(args.out, args.report, args.figure)
             raise
-        rec.note(**{f"{c}_fallback": v["fallback"] for c, v in report["cohorts"].items()})
+        rec.note(**{f"{c}_{key}": v[key] for c, v in report["cohorts"].items()
+                    for key in ("fallback", "fallback_slide")})
         rec.outputs(args.out, args.report, args.figure)
     get_logger().info("normalize.done", **{c: v for c, v in report["cohorts"].items()})
 

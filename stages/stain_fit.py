@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from pathtrail.stain import MacenkoNormalizer
 
 from pathtrail import audit
 from pathtrail.io import read_table, write_json
 from pathtrail.settings import DataParams, StainParams
 from pathtrail.stagekit import entrypoint, get_logger, load, raw_section, stage_parser
+from pathtrail.stain import MacenkoNormalizer
 from pathtrail.store import load_rgb
 
 FIT_KEY = 0x57A1

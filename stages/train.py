@@ -83,7 +83,8 @@ def _train(args, world: D.World, device: torch.device) -> None:
             "stain_reference_sha256": read_json(args.reference).get("reference_sha256"),
             "params_sha256": params_sha256(section), "best_epoch": result.best_epoch,
             "compile": result.compile, "torch_version": str(torch.__version__),
-            "local_weights_sha256": result.weights_sha256, "world_size": result.world_size,
+            "local_weights_sha256": result.weights_sha256,
+            "gradient_checkpointing": inp.model.gradient_checkpointing, "world_size": result.world_size,
         }
         write_model(result.state_dict, metadata, args.model_out)
         write_csv(probability_table(inp.tables["val"], result.val_probs, inp.data.classes), args.val_probs)

@@ -9,10 +9,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from pathtrail.io import write_bytes  # noqa: E402
+from pathtrail.io import write_bytes
 
 _METADATA = {"Software": None}  # no matplotlib version or dates inside the PNG
 

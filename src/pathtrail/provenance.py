@@ -52,13 +52,22 @@ def pipeline_outputs(dvc_yaml: str | Path = "dvc.yaml") -> list[str]:
     return outs
 
 
+def git_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions GitPython raises for "no repository here" (and a missing git binary)."""
+    try:
+        import git
+    except ImportError:
+        return (OSError,)
+    return (git.exc.InvalidGitRepositoryError, git.exc.NoSuchPathError, git.exc.GitError, OSError)
+
+
 def git_state(repo_dir: str | Path = ".") -> GitState:
     """Commit, branch, remote and dirty flag; pipeline outputs and the audit trail do not count as dirty."""
     try:
         import git
 
         repo = git.Repo(repo_dir, search_parent_directories=True)
-    except Exception:  # not a git checkout: record the absence, never fail a stage for it
+    except (ImportError, *git_errors()):  # not a git checkout (or no git): record the absence
         return GitState(None, None, None, True, ["<not a git repository>"])
     try:
         head = repo.head.commit
@@ -91,7 +100,7 @@ def _is_generated(path: str, generated: list[str]) -> bool:
 def actor() -> str:
     try:
         user = getpass.getuser()
-    except Exception:
+    except (KeyError, OSError):  # no passwd entry for the uid (containers)
         user = os.environ.get("USER", "unknown")
     return f"{user}@{socket.gethostname()}"
 

@@ -61,7 +61,9 @@ class StainParams:
     alpha: float
     beta: float
     scope: Literal["patch", "slide"]
-    fallback: Literal["reference", "passthrough"]
+    # For patches whose own stain estimate is unusable (pathtrail.stain.FALLBACKS); loading
+    # rejects any other value, naming `stain.fallback` and these three.
+    fallback: Literal["reference", "passthrough", "slide"]
     min_tissue_fraction: float
     chunk_size: int
     fit_max_patches: int
@@ -81,6 +83,9 @@ class ModelParams:
     width: int
     dropout: float
     weights_path: str | None
+    # Recompute the main stages' activations in backward (activation checkpointing): same results,
+    # less memory, more compute. For large models; an arch that cannot do it fails in build_model.
+    gradient_checkpointing: bool
 
     def check(self) -> None:
         require(self.arch in ARCHITECTURES, "model.arch",

@@ -183,7 +183,8 @@ def fit(
     info = log.info if world.is_main else _quiet
     configure_determinism(params)
     torch.manual_seed(params.seed)
-    net = build_model(model_params.arch, num_classes, model_params.width, model_params.dropout)
+    net = build_model(model_params.arch, num_classes, model_params.width, model_params.dropout,
+                      gradient_checkpointing=model_params.gradient_checkpointing)
     weights_sha = load_local_weights(net, model_params.weights_path) if model_params.weights_path else None
     net.to(device)
     if params.channels_last:

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import tiny_params, write_params
 
+from conftest import tiny_params, write_params
 from pathtrail.audit import chain_problems, read_entries
 
 STAGES = ["demo_data", "validate", "split", "stain_fit", "normalize", "train", "compile_check", "evaluate"]

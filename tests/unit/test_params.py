@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 import yaml
-from conftest import REPO, tiny_params, write_params
 
+from conftest import REPO, tiny_params, write_params
 from pathtrail.config import REGENERATE, compose_params
 from pathtrail.params import ParamsError, from_dict, load_section
 from pathtrail.settings import DataParams, EvalParams, ModelParams, StainParams, TrainParams

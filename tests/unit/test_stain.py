@@ -238,9 +238,9 @@ def test_empty_batches_and_zero_pixel_patches():
     norm = MacenkoNormalizer()
     assert norm.normalize(np.zeros((0, 8, 8, 3), np.uint8)).shape == (0, 8, 8, 3)
     assert norm.normalize_slide(np.zeros((0, 8, 8, 3), np.uint8)).shape == (0, 8, 8, 3)
-    assert norm.last_stats == {"patches": 0, "fallback": 0}
+    assert norm.last_stats == {"patches": 0, "fallback": 0, "fallback_slide": 0}
     assert norm.normalize(np.zeros((2, 0, 0, 3), np.uint8)).shape == (2, 0, 0, 3)
-    assert norm.last_stats == {"patches": 2, "fallback": 2}
+    assert norm.last_stats == {"patches": 2, "fallback": 2, "fallback_slide": 0}
     with pytest.raises(ValueError, match="no usable H&E staining"):
         norm.fit(np.zeros((0, 0, 3), np.uint8))
 
@@ -284,10 +284,10 @@ def test_unusable_patches_never_raise_and_fall_back(name):
     out, h, e = norm.normalize(np.stack([tissue, patch]), return_concentrations=True)
     assert out.dtype == np.uint8 and out.shape == (2, 32, 32, 3)
     assert np.isfinite(h).all() and np.isfinite(e).all()
-    assert norm.last_stats == {"patches": 2, "fallback": 1}
+    assert norm.last_stats == {"patches": 2, "fallback": 1, "fallback_slide": 0}
     passthrough = MacenkoNormalizer(fallback="passthrough")
     out_pt = passthrough.normalize(np.stack([tissue, patch]))
-    assert passthrough.last_stats == {"patches": 2, "fallback": 1}
+    assert passthrough.last_stats == {"patches": 2, "fallback": 1, "fallback_slide": 0}
     assert np.array_equal(out_pt[1], patch)  # returned unchanged
     assert np.array_equal(out_pt[0], out[0])  # usable patches are unaffected by the mode
 
@@ -402,7 +402,7 @@ def test_slide_of_one_stain_matches_per_patch():
     norm = MacenkoNormalizer()
     per_patch = norm.normalize(slide)
     per_slide = norm.normalize_slide(slide)
-    assert norm.last_stats == {"patches": 5, "fallback": 0}
+    assert norm.last_stats == {"patches": 5, "fallback": 0, "fallback_slide": 0}
     diff = np.abs(per_slide.astype(np.int16) - per_patch)
     assert diff.mean() < 0.5 and diff.max() <= 2  # measured: mean 1e-4, max 1 (rounding)
 
@@ -423,11 +423,136 @@ def test_blank_slide_falls_back():
     slide = np.stack([_white(32, seed) for seed in range(4)])
     norm = MacenkoNormalizer()
     out = norm.normalize_slide(slide)
-    assert norm.last_stats == {"patches": 4, "fallback": 4}
+    assert norm.last_stats == {"patches": 4, "fallback": 4, "fallback_slide": 0}
     assert out.dtype == np.uint8 and out.mean() > 220
     passthrough = MacenkoNormalizer(fallback="passthrough")
     assert np.array_equal(passthrough.normalize_slide(slide), slide)
-    assert passthrough.last_stats == {"patches": 4, "fallback": 4}
+    assert passthrough.last_stats == {"patches": 4, "fallback": 4, "fallback_slide": 0}
+
+
+# ------------------------------------------------------------------------------ slide fallback
+def _sparse(size: int = 32, seed: int = 5) -> np.ndarray:
+    """Glass with one 5x5 tissue spot (2.4 % tissue): below min_tissue_fraction, so its own
+    estimate is unusable, but its pixels are real tissue."""
+    patch = _white(size, seed)
+    patch[10:15, 10:15] = _synthetic_tissue(size, seed)[0][10:15, 10:15]
+    return patch
+
+
+def _stained_slide(seed: int, darken: float = 1.0) -> np.ndarray:
+    """Three tissue-rich patches and a sparse one (index 1); `darken` scales the optical density
+    (a heavier stain), so slides of different `darken` have different estimates."""
+    patches = [_synthetic_tissue(32, seed + k)[0] for k in range(3)]
+    patches.insert(1, _sparse(seed=seed + 10))
+    batch = np.stack(patches).astype(np.float64)
+    return np.clip(np.rint(250 * (batch / 250) ** darken), 0, 255).astype(np.uint8)
+
+
+def test_sparse_patch_uses_its_slides_estimate():
+    slide = _stained_slide(0)
+    ref = MacenkoNormalizer()
+    out_ref, h_ref, e_ref = ref.normalize(slide, return_concentrations=True)
+    assert ref.last_stats == {"patches": 4, "fallback": 1, "fallback_slide": 0}
+    norm = MacenkoNormalizer(fallback="slide")
+    out, h, e = norm.normalize(slide, return_concentrations=True)
+    assert norm.last_stats == {"patches": 4, "fallback": 1, "fallback_slide": 1}
+    # the sparse patch got the slide's map, not the reference's: exactly normalize_slide's output
+    assert (out[1] != out_ref[1]).mean() > 0.3
+    assert np.array_equal(out[1], norm.normalize_slide(slide)[1])
+    assert np.isfinite(h).all() and np.isfinite(e).all() and not np.array_equal(h[1], h_ref[1])
+    # the other patches keep their own estimates, bit for bit
+    for i in (0, 2, 3):
+        assert np.array_equal(out[i], out_ref[i]) and np.array_equal(h[i], h_ref[i])
+        assert np.array_equal(e[i], e_ref[i])
+
+
+def test_blank_slide_falls_back_to_the_reference():
+    tissue = _stained_slide(0)
+    blank = np.stack([_white(32, seed) for seed in range(3)])
+    batch = np.concatenate([tissue, blank])
+    ids = ["a"] * 4 + ["b"] * 3
+    expected = MacenkoNormalizer().normalize(batch)
+    norm = MacenkoNormalizer(fallback="slide")
+    out = norm.normalize(batch, slide_ids=ids)
+    assert norm.last_stats == {"patches": 7, "fallback": 4, "fallback_slide": 1}
+    assert np.array_equal(out[4:], expected[4:]) and out[4:].mean() > 220
+    assert not np.array_equal(out[1], expected[1])
+    # normalize_slide has no other slide estimate to use: "slide" acts as "reference" there
+    assert np.array_equal(norm.normalize_slide(blank), MacenkoNormalizer().normalize_slide(blank))
+    assert norm.last_stats == {"patches": 3, "fallback": 3, "fallback_slide": 0}
+
+
+def test_slide_ids_are_checked():
+    batch = _stained_slide(0)
+    for fallback in ("slide", "reference"):
+        norm = MacenkoNormalizer(fallback=fallback)
+        with pytest.raises(ValueError, match="one id per patch: got 3 for 4 patches"):
+            norm.normalize(batch, slide_ids=["a", "a", "b"])
+        with pytest.raises(TypeError, match="not a string"):
+            norm.normalize(batch, slide_ids="abcd")
+        with pytest.raises(TypeError, match="hashable"):
+            norm.normalize(batch, slide_ids=[[1], [1], [2], [2]])
+    norm = MacenkoNormalizer(fallback="slide")
+    # ids by value, whatever their container
+    expected = norm.normalize(batch, slide_ids=["s1", "s1", "s2", "s2"])
+    for ids in (np.array(["s1", "s1", "s2", "s2"]), torch.tensor([1, 1, 2, 2]), (7, 7, 8, 8)):
+        assert np.array_equal(norm.normalize(batch, slide_ids=ids), expected)
+
+
+def test_usable_patches_are_bitwise_the_same_under_every_fallback():
+    rng = np.random.default_rng(1)
+    batch = np.concatenate([_stained_slide(0), _stained_slide(20, darken=1.4),
+                            np.stack(list(_hard_cases(32).values())),
+                            rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)])
+    ids = rng.integers(0, 3, len(batch))  # three slides, interleaved
+    base = MacenkoNormalizer().fit([_synthetic_tissue(32, 9)[0]])
+    usable = []
+    for patch in batch:
+        base.normalize(patch[None])
+        usable.append(base.last_stats["fallback"] == 0)
+    usable = np.array(usable)
+    assert 4 < usable.sum() < len(batch)
+    results = {}
+    for fallback in ("reference", "passthrough", "slide"):
+        norm = MacenkoNormalizer.from_dict(base.to_dict(), fallback=fallback, chunk_size=3)
+        results[fallback] = norm.normalize(batch, return_concentrations=True, slide_ids=ids)
+        assert norm.last_stats["fallback"] == (~usable).sum()
+    for fallback in ("passthrough", "slide"):
+        for ours, theirs in zip(results[fallback], results["reference"], strict=True):
+            assert np.array_equal(ours[usable], theirs[usable]), fallback
+    assert not np.array_equal(results["slide"][0][~usable], results["reference"][0][~usable])
+
+
+def test_slide_fallback_ignores_other_slides_and_chunking():
+    a, b, c = _stained_slide(0), _stained_slide(20, darken=1.4), _stained_slide(40, darken=0.7)
+    ref = MacenkoNormalizer().fit([_synthetic_tissue(32, 9)[0]])
+    alone = MacenkoNormalizer.from_dict(ref.to_dict(), fallback="slide").normalize(a)
+    # pooling another slide's pixels would change the sparse patch: the check below can fail
+    pooled = MacenkoNormalizer.from_dict(ref.to_dict(), fallback="slide").normalize(
+        np.concatenate([a, b]))
+    assert not np.array_equal(pooled[1], alone[1])
+    # slide a interleaved with b, or with c, at other positions, in any chunking
+    mixes = [(np.stack([a[0], b[0], a[1], b[1], b[2], a[2], b[3], a[3]]), list("ababbaba")),
+             (np.concatenate([c, a]), list("ccccaaaa"))]
+    for chunk_size in (1, 3, 64):
+        norm = MacenkoNormalizer.from_dict(ref.to_dict(), fallback="slide", chunk_size=chunk_size)
+        for batch, ids in mixes:
+            out = norm.normalize(batch, slide_ids=ids)
+            assert norm.last_stats["fallback_slide"] == 2
+            rows = [i for i, s in enumerate(ids) if s == "a"]
+            assert np.array_equal(out[rows], alone), chunk_size
+
+
+def test_fallback_param_is_validated(repo_params):
+    from pathtrail.params import ParamsError, from_dict
+    from pathtrail.settings import StainParams
+
+    for value in ("reference", "passthrough", "slide"):
+        stain = from_dict(StainParams, dict(repo_params["stain"], fallback=value), prefix="stain")
+        assert MacenkoNormalizer(fallback=stain.fallback).fallback == value
+    with pytest.raises(ParamsError, match=r"'stain\.fallback' must be one of 'reference', "
+                                          r"'passthrough', 'slide', got 'slides'"):
+        from_dict(StainParams, dict(repo_params["stain"], fallback="slides"), prefix="stain")
 
 
 # ------------------------------------------------------------------------------------- purpose

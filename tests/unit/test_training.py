@@ -19,6 +19,10 @@ from pathtrail.training import Interrupted, Split, class_weights, fit
 
 @pytest.fixture
 def tiny_store(tmp_path):
+    return make_tiny_store(tmp_path)
+
+
+def make_tiny_store(tmp_path):
     """48 patches of 32x32: class 1 has a dark blob, class 0 is flat pink with noise."""
     rng = np.random.default_rng(0)
     n = 48
@@ -54,6 +58,16 @@ def test_same_seed_gives_bitwise_identical_weights(tiny_store, tmp_path):
     a, b = _fit(*tiny_store, params), _fit(*tiny_store, params)
     assert _same(a.state_dict, b.state_dict)
     assert [s["loss"] for s in a.steps] == [s["loss"] for s in b.steps]
+
+
+def test_gradient_checkpointing_gives_bitwise_identical_training(tiny_store, tmp_path):
+    """Recomputation in backward changes memory, not results (dropout 0.5: its masks must replay)."""
+    plain = _fit(*tiny_store, _params(tmp_path, **{"train.epochs": 1, "model.dropout": 0.5}))
+    ckpt = _fit(*tiny_store, _params(tmp_path, **{"train.epochs": 1, "model.dropout": 0.5,
+                                                  "model.gradient_checkpointing": True}))
+    assert _same(plain.state_dict, ckpt.state_dict)
+    assert [s["loss"] for s in plain.steps] == [s["loss"] for s in ckpt.steps]
+    assert np.array_equal(plain.val_probs, ckpt.val_probs)
 
 
 def test_other_seed_gives_other_weights(tiny_store, tmp_path):

@@ -6,10 +6,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_training import _fit, _params, _same, tiny_store  # noqa: F401  (fixture)
+from test_training import _fit, _params, _same, make_tiny_store
 
 pytestmark = pytest.mark.gpu
 CUDA = torch.device("cuda")
+
+
+@pytest.fixture
+def tiny_store(tmp_path):
+    return make_tiny_store(tmp_path)
 
 
 def _gpu_fit(store, train, val, tmp_path, **overrides):
