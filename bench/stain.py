@@ -4,7 +4,7 @@
                           [--sizes 64 256] [--patches 1024] [--ts-patches 128] [--repeats 5]
                           [--devices cpu cuda]
 
-Patches are tiles of the real H&E scan ../shared/data/he/source.png (reference: a 256x256 crop of
+Patches are tiles of the real H&E scan tests/data/he/source.png (reference: a 256x256 crop of
 target.png) or, without it, synthetic demo patches (reference: internal-site patches). For each
 patch size and device it times, after one warm-up, the median of --repeats runs of:
 torchstain's TorchMacenkoNormalizer called patch by patch (on the first --ts-patches patches;
@@ -34,7 +34,7 @@ import torch
 from pathtrail.stain import MacenkoNormalizer
 
 REPO = Path(__file__).resolve().parents[1]
-HE_DIR = REPO.parent / "shared/data/he"
+HE_DIR = REPO / "tests/data/he"
 REF_BOX = (100, 150, 256)  # y, x, size of the reference crop of target.png
 
 
@@ -63,7 +63,7 @@ def he_data(size: int, n: int) -> tuple[np.ndarray, np.ndarray, str]:
     h, w, _ = source.shape
     tiles = np.stack([source[i:i + size, j:j + size] for i in range(0, h - size + 1, step)
                       for j in range(0, w - size + 1, step)])
-    return _variants(tiles, n), reference, f"he: tiles of ../shared/data/he/source.png, step {step}"
+    return _variants(tiles, n), reference, f"he: tiles of tests/data/he/source.png, step {step}"
 
 
 def demo_data(size: int, n: int) -> tuple[np.ndarray, np.ndarray, str]:

@@ -1,7 +1,7 @@
 """pathtrail.stain: the batched Macenko normalizer (agreement with torchstain, contracts, robustness).
 
-Real H&E scans (torchstain's sample images) live in the `shared/` folder beside the repository; the
-tests that need them are skipped when it is missing. Everything else uses small synthetic patches.
+Real H&E scans (torchstain's sample images, MIT) live in tests/data/he/; everything else uses
+small synthetic patches.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 from pathtrail import demo
 from pathtrail.stain import DEFAULT_MAX_CONCENTRATIONS, DEFAULT_STAINS, MacenkoNormalizer
 
-HE_DIR = Path(__file__).resolve().parents[3] / "shared/data/he"
+HE_DIR = Path(__file__).resolve().parents[1] / "data/he"
 # Tissue-rich 256x256 region of target.png used as the reference throughout.
 REF_BOX = (100, 150, 256)  # y, x, size
 
@@ -28,8 +28,6 @@ def _load_he(name: str) -> np.ndarray:
     from PIL import Image
 
     path = HE_DIR / f"{name}.png"
-    if not path.is_file():
-        pytest.skip(f"real H&E sample {path} not found (expected the shared/ folder beside the repo)")
     return np.ascontiguousarray(np.asarray(Image.open(path).convert("RGB")))
 
 
