@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export DVC_NO_ANALYTICS := 1
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup params repro test test-all verify bench lint clean-venv
+.PHONY: setup params repro test test-slow test-all verify bench lint clean-venv
 
 setup: $(STAMP)
 
@@ -24,6 +24,9 @@ repro: $(STAMP)             ## run the whole pipeline (dvc repro)
 
 test: $(STAMP)              ## the default suite (no slow or GPU tests)
 	$(BIN)/python -m pytest -q -m "not slow and not gpu"
+
+test-slow: $(STAMP)         ## the slow tests only (CI runs them after `make test`; about 1 min)
+	$(BIN)/python -m pytest -q -m "slow and not gpu"
 
 test-all: $(STAMP)          ## everything, slow tests included (GPU tests skip without CUDA)
 	$(BIN)/python -m pytest -q
