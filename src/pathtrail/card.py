@@ -342,17 +342,19 @@ def checklist(card: dict[str, Any]) -> list[dict[str, Any]]:
         )
     )
     norm = get(card, "data.normalization") or {}
-    fallback = sum(
-        int(v.get("fallback") or 0)
-        for v in (norm.get("cohorts") or {}).values()
-        if isinstance(v, dict)
-    )
+    cohorts = {k: v for k, v in sorted((norm.get("cohorts") or {}).items()) if isinstance(v, dict)}
+    fallback = "; ".join(
+        f"{name}: {int(v.get('fallback') or 0)} of {int(v.get('patches') or 0)} patches fell back "
+        f"({int(v.get('fallback_slide') or 0)} to their slide's matrix)"
+        for name, v in cohorts.items()
+    ) or "no per-cohort counts"
     items.append(
         _item(
             "Stain normalization on",
             norm.get("enabled") is True and get(params, "stain.enable_stain_norm") is True,
             f"normalization report enabled={norm.get('enabled')}, scope {norm.get('scope')}; "
-            f"stain.enable_stain_norm={get(params, 'stain.enable_stain_norm')}; {fallback} patches fell back",
+            f"stain.enable_stain_norm={get(params, 'stain.enable_stain_norm')}; fallback rule "
+            f"{get(params, 'stain.fallback')}; {fallback}",
         )
     )
     seeds = {k: get(params, k) for k in ("train.seed", "data.split.seed", "eval.seed")}

@@ -29,7 +29,10 @@ def model_details(card: dict[str, Any]) -> str:
         [
             (
                 "Architecture",
-                f"{m.get('arch')} (width {m.get('width')}, dropout {m.get('dropout')})",
+                (
+                    f"{m.get('arch')} (width {m.get('width')}, dropout {m.get('dropout')}, "
+                    f"gradient checkpointing {get(p, 'model.gradient_checkpointing')})"
+                ),
             ),
             ("Classes", ", ".join(map(str, m.get("classes") or []))),
             ("Weights sha256", m.get("sha256")),
