@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import functools
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,13 +39,18 @@ def raw_section(args: argparse.Namespace, section: str) -> Any:
 
 
 def entrypoint(name: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
-    """Wrap a stage's `main(argv)`: set up logging; turn a PathTrailError into a clean exit 1."""
+    """Wrap a stage's `main(argv)`: set up logging; turn a PathTrailError into a clean exit 1.
+
+    SIGTERM is handled like Ctrl-C for the whole stage (setup included), so a stopped stage records
+    its failure in the audit trail; the training loop installs its own handler to checkpoint first.
+    """
 
     def wrap(fn: Callable[..., None]) -> Callable[..., None]:
         @functools.wraps(fn)
         def main(argv: list[str] | None = None) -> None:
             log_file = _log_file(argv, name)
             log = configure(log_file, stage=name)
+            previous = _term_as_interrupt()
             try:
                 fn(argv)
             except PathTrailError as exc:
@@ -53,10 +60,24 @@ def entrypoint(name: str) -> Callable[[Callable[..., None]], Callable[..., None]
             except KeyboardInterrupt:
                 log.error(f"{name}.interrupted")
                 raise SystemExit(130) from None
+            finally:
+                if previous is not None:
+                    signal.signal(signal.SIGTERM, previous)
 
         return main
 
     return wrap
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _term_as_interrupt() -> Any:
+    """Make SIGTERM raise KeyboardInterrupt (main thread only); returns the previous handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_interrupt)
 
 
 def _log_file(argv: list[str] | None, name: str) -> Path:
