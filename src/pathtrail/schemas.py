@@ -45,7 +45,21 @@ def is_safe_path(path: pd.Series) -> pd.Series:
     return ~(is_absolute(text) | has_parent_ref(text) | has_backslash(text))
 
 
-class ManifestModel(pa.DataFrameModel):
+class _RelativePaths(pa.DataFrameModel):
+    """The path rules both tables share: relative, and no '..' (subclasses declare `path`)."""
+
+    path: Series[str]
+
+    @pa.check("path", error="path_absolute")
+    def _relative(cls, path: Series[str]) -> Series[bool]:
+        return ~is_absolute(path)
+
+    @pa.check("path", error="path_parent")
+    def _no_parent(cls, path: Series[str]) -> Series[bool]:
+        return ~has_parent_ref(path)
+
+
+class ManifestModel(_RelativePaths):
     """A cohort manifest as read: every cell a whitespace-stripped string, empty cells null.
 
     Not strict: extra columns (scanner, stain date, ...) are allowed, kept and reported.
@@ -62,20 +76,12 @@ class ManifestModel(pa.DataFrameModel):
         strict = False
         coerce = False
 
-    @pa.check("path", error="path_absolute")
-    def _relative(cls, path: Series[str]) -> Series[bool]:
-        return ~is_absolute(path)
-
-    @pa.check("path", error="path_parent")
-    def _no_parent(cls, path: Series[str]) -> Series[bool]:
-        return ~has_parent_ref(path)
-
     @pa.check("path", error="path_backslash")
     def _forward_slashes(cls, path: Series[str]) -> Series[bool]:
         return ~has_backslash(path)
 
 
-class ValidatedModel(pa.DataFrameModel):
+class ValidatedModel(_RelativePaths):
     """A validated table (`data/validated/*.csv`, and the split tables, which share its columns).
 
     path is relative to the data root; label is the class index; sha256 is the file's content hash.
@@ -94,14 +100,6 @@ class ValidatedModel(pa.DataFrameModel):
         strict = True
         ordered = True
         coerce = False
-
-    @pa.check("path", error="path_absolute")
-    def _relative(cls, path: Series[str]) -> Series[bool]:
-        return ~is_absolute(path)
-
-    @pa.check("path", error="path_parent")
-    def _no_parent(cls, path: Series[str]) -> Series[bool]:
-        return ~has_parent_ref(path)
 
 
 def label_tokens(classes: Sequence[str]) -> dict[str, int]:
