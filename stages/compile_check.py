@@ -13,6 +13,7 @@ import pandas as pd
 import torch
 
 from pathtrail import audit, figures
+from pathtrail.checkpoints import load_model_file
 from pathtrail.compile_check import RunOutcome, compare
 from pathtrail.errors import PathTrailError
 from pathtrail.experiment import load_training_inputs, score_loader
@@ -66,8 +67,8 @@ def main(argv: list[str] | None = None) -> None:
             report |= {"status": "skipped", "passed": None}
         else:
             # The mode the train stage really ran in (compile may have fallen back to eager).
-            meta = torch.load(args.model, map_location="cpu", weights_only=True)["metadata"]
-            train_mode_compiled = bool(meta.get("compile", {}).get("used", False))
+            own_model = load_model_file(args.model)
+            train_mode_compiled = bool(own_model["metadata"].get("compile", {}).get("used", False))
             own = RunOutcome(read_table(args.train_steps)["loss"].to_numpy(),
                              read_table(args.val_probs).filter(like="prob_").to_numpy())
             other = fit(inp.store, inp.splits["train"], inp.splits["val"], inp.train, inp.model, inp.data,
@@ -81,8 +82,7 @@ def main(argv: list[str] | None = None) -> None:
                 eager, compiled = (own, other_run) if not train_mode_compiled else (other_run, own)
                 ext = read_table(args.external) if args.external and Path(args.external).is_file() else None
                 if ext is not None and len(ext):
-                    own_state = torch.load(args.model, map_location="cpu", weights_only=True)["state_dict"]
-                    states = {train_mode_compiled: own_state, not train_mode_compiled: other.state_dict}
+                    states = {train_mode_compiled: own_model["state_dict"], not train_mode_compiled: other.state_dict}
                     eager.external_probs = _external_probs(states[False], inp, ext, compiled=False)
                     compiled.external_probs = _external_probs(states[True], inp, ext, compiled=True)
                 labels = inp.splits["val"].labels

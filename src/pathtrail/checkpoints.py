@@ -19,11 +19,16 @@ def write_model(state_dict: dict[str, torch.Tensor], metadata: dict[str, Any], p
     return write_bytes(buf.getvalue(), path)
 
 
-def read_model(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+def load_model_file(path: str | Path) -> dict[str, Any]:
+    """`{"state_dict", "metadata"}` of a model file written by `write_model` (plain data only)."""
     p = Path(path)
     if not p.is_file():
         raise PathTrailError(f"model file {p} not found; run `dvc repro train`")
-    blob = torch.load(p, map_location="cpu", weights_only=True)
+    return torch.load(p, map_location="cpu", weights_only=True)
+
+
+def read_model(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    blob = load_model_file(path)
     meta = blob["metadata"]
     model = build_model(meta["arch"], meta["num_classes"], meta["width"], meta["dropout"])
     model.load_state_dict(blob["state_dict"])
