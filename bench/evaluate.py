@@ -17,8 +17,8 @@ import time
 import numpy as np
 import torch
 
-from pathtrail.evaluation import evaluate_cohort
-from pathtrail.io import write_json
+from pathtrail.core.files import write_json
+from pathtrail.evaluation.report import evaluate_cohort
 
 
 def synthetic_cohort(n_samples: int, n_patients: int, seed: int = 0) -> dict[str, np.ndarray]:

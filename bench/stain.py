@@ -67,7 +67,8 @@ def he_data(size: int, n: int) -> tuple[np.ndarray, np.ndarray, str]:
 
 
 def demo_data(size: int, n: int) -> tuple[np.ndarray, np.ndarray, str]:
-    from pathtrail.demo import DemoParams, generate_cohorts
+    from pathtrail.config.sections import DemoParams
+    from pathtrail.data.demo import generate_cohorts
 
     per_patient = 16
     patients = max(2, -(-n // (2 * per_patient)))

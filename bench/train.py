@@ -1,4 +1,4 @@
-"""Training throughput: `pathtrail.training.fit` against a bare PyTorch loop doing the same work.
+"""Training throughput: `pathtrail.train.loop.fit` against a bare PyTorch loop doing the same work.
 
     python bench/train.py [--out bench/results/train.json] [--repeats 11] [--steps 32] [--batch 32]
 
@@ -41,13 +41,13 @@ import yaml
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from pathtrail.io import write_json
-from pathtrail.loaders import SHUFFLE_KEY, to_tensor
-from pathtrail.models import build_model
-from pathtrail.params import from_dict
-from pathtrail.settings import DataParams, ModelParams, TrainParams
-from pathtrail.store import PatchStore, StoreWriter, open_store
-from pathtrail.training import Split, class_weights, configure_determinism, fit
+from pathtrail.config.loading import from_dict
+from pathtrail.config.sections import DataParams, ModelParams, TrainParams
+from pathtrail.core.files import write_json
+from pathtrail.data.loaders import SHUFFLE_KEY, to_tensor
+from pathtrail.data.store import PatchStore, StoreWriter, open_store
+from pathtrail.train.loop import Split, class_weights, configure_determinism, fit
+from pathtrail.train.models import build_model
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET_OVERHEAD_PCT = 5.0

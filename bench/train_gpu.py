@@ -1,4 +1,4 @@
-"""Training throughput of `pathtrail.training.fit` on CUDA under the GPU speed options.
+"""Training throughput of `pathtrail.train.loop.fit` on CUDA under the GPU speed options.
 
     python bench/train_gpu.py [--out bench/results/train_gpu.json] [--n 4096] [--batch 256]
 
@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pathtrail.io import write_json
-from pathtrail.training import fit
+from pathtrail.core.files import write_json
+from pathtrail.train.loop import fit
 from train import bench_params, machine, synthetic_store
 
 CONFIGS = {

@@ -24,10 +24,11 @@ import pandera
 import PIL
 from PIL import Image
 
-from pathtrail.images import default_workers
-from pathtrail.io import canonical_json, write_json
-from pathtrail.validation import Cohort, Rules, validate_cohorts
-from pathtrail.validation_cli import format_report
+from pathtrail.core.files import write_json
+from pathtrail.core.hashing import canonical_json
+from pathtrail.data.images import default_workers
+from pathtrail.data.report import format_report
+from pathtrail.data.validation import Cohort, Rules, validate_cohorts
 
 TARGET_SECONDS = 60.0
 PATCHES_PER_PATIENT = 20

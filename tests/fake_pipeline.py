@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pathtrail import audit
-from pathtrail.figures import line_plot
-from pathtrail.io import write_bytes, write_json, write_text
+from pathtrail.core.figures import line_plot
+from pathtrail.core.files import write_bytes, write_json, write_text
+from pathtrail.provenance import audit
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIL = "audit/trail.jsonl"

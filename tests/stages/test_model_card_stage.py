@@ -10,9 +10,9 @@ import torch
 from huggingface_hub import ModelCard
 
 from fake_pipeline import CARD, TRAIL, fake_tree, run_card_stage
-from pathtrail import audit
-from pathtrail.card import DRAFT, RELEASE_CANDIDATE
-from pathtrail.io import sha256_path
+from pathtrail.card.values import DRAFT, RELEASE_CANDIDATE
+from pathtrail.core.hashing import sha256_path
+from pathtrail.provenance import audit
 
 
 @pytest.fixture

@@ -12,10 +12,10 @@ import pytest
 from PIL import Image
 
 from conftest import tiny_params, write_params
-from pathtrail.audit import read_entries
-from pathtrail.io import read_json, read_table
+from pathtrail.core.files import read_json, read_table
+from pathtrail.data.store import load_rgb, open_store
+from pathtrail.provenance.audit import read_entries
 from pathtrail.stain import MacenkoNormalizer
-from pathtrail.store import load_rgb, open_store
 
 
 def run_stage(name: str) -> None:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import tiny_params, write_params
-from pathtrail.audit import chain_problems, read_entries
+from pathtrail.provenance.audit import chain_problems, read_entries
 
 STAGES = ["demo_data", "validate", "split", "stain_fit", "normalize", "train", "compile_check", "evaluate"]
 

@@ -9,7 +9,7 @@ import pytest
 from stages.split import main
 from test_validate_stage import setup
 
-from pathtrail.io import read_table
+from pathtrail.core.files import read_table
 from stages import validate
 
 

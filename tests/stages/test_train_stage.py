@@ -22,8 +22,8 @@ import pytest
 import torch
 
 from conftest import REPO, tiny_params, write_params
-from pathtrail.audit import chain_problems, read_entries
-from pathtrail.store import StoreWriter
+from pathtrail.data.store import StoreWriter
+from pathtrail.provenance.audit import chain_problems, read_entries
 
 N_PATCHES = 95          # 64 train; 31 val (16 benign, 15 tumour): 2 ranks pad it with one repeat
 N_TRAIN = 64
@@ -280,7 +280,7 @@ def _main() -> None:
     own, rest = sys.argv[1:sys.argv.index("--")], sys.argv[sys.argv.index("--") + 1:]
     opts = parser.parse_args(own)
 
-    from pathtrail.loaders import PatchDataset
+    from pathtrail.data.loaders import PatchDataset
 
     original = PatchDataset.__getitem__
     sink = open(opts.progress, "a", buffering=1)  # noqa: SIM115 - lives as long as the process

@@ -13,8 +13,8 @@ from PIL import Image
 from stages.validate import main
 
 from conftest import tiny_params, write_params
-from pathtrail.audit import read_entries
-from pathtrail.io import read_table
+from pathtrail.core.files import read_table
+from pathtrail.provenance.audit import read_entries
 
 SIZE = 16
 

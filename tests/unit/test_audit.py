@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from pathtrail import audit
-from pathtrail.timeline import format_timeline, utc
+from pathtrail.core.hashing import digest, sha256_path
+from pathtrail.provenance import audit
+from pathtrail.review.timeline import format_timeline, utc
 
 
 @pytest.fixture
@@ -38,11 +39,11 @@ def test_a_stage_writes_start_and_end_with_hashes(trail, tmp_path):
     start, end = entries[0], entries[1]
     assert start["prev_hash"] == audit.GENESIS and end["prev_hash"] == start["entry_hash"]
     assert start["inputs"] == {
-        (tmp_path / "in.txt").as_posix(): audit.sha256_path(tmp_path / "in.txt")
+        (tmp_path / "in.txt").as_posix(): sha256_path(tmp_path / "in.txt")
     }
-    assert start["params_sha256"] == audit.params_sha256({"x": 1})
+    assert start["params_sha256"] == digest({"x": 1})
     assert end["outputs"] == {
-        (tmp_path / "a.txt").as_posix(): audit.sha256_path(tmp_path / "a.txt")
+        (tmp_path / "a.txt").as_posix(): sha256_path(tmp_path / "a.txt")
     }
     assert end["facts"] == {"n": 1} and end["run_id"] == start["run_id"]
     assert audit.chain_problems(entries) == []

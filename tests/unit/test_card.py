@@ -13,17 +13,11 @@ import yaml
 from huggingface_hub import ModelCard
 
 from fake_pipeline import COMPILE_CHECK, EVAL, NORMALIZATION, REPO, SPLIT, TRAIN, VALIDATION
-from pathtrail.card import (
-    DRAFT,
-    RELEASE_CANDIDATE,
-    CardInputs,
-    build_card,
-    flatten,
-    manifest_hashes,
-)
-from pathtrail.card_markdown import dump_yaml, render_markdown
-from pathtrail.io import canonical_json, sha256_bytes
-from pathtrail.provenance import environment
+from pathtrail.card.build import CardInputs, build_card, manifest_hashes
+from pathtrail.card.render import dump_yaml, render_markdown
+from pathtrail.card.values import DRAFT, RELEASE_CANDIDATE, flatten
+from pathtrail.core.hashing import canonical_json, sha256_bytes
+from pathtrail.provenance.environment import environment
 
 COMMIT = "1234567" + "0" * 33  # all digits: a careless YAML writer would turn it into a number
 

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from fake_pipeline import TRAIL, fake_tree
-from pathtrail import validation
-from pathtrail.cli import main
+from pathtrail.cli import validate as validation
+from pathtrail.cli.main import main
 
 
 @pytest.fixture

@@ -11,7 +11,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import GroupKFold, cross_val_predict
 
-from pathtrail.demo import MANIFEST_COLUMNS, DemoParams, generate_cohorts, write_cohorts
+from pathtrail.config.sections import DemoParams
+from pathtrail.data.demo import MANIFEST_COLUMNS, generate_cohorts, write_cohorts
 
 TINY = DemoParams(
     seed=11,

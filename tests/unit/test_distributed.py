@@ -9,10 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pathtrail import distributed as D
-from pathtrail.errors import PathTrailError
-from pathtrail.loaders import KeyedBatchSampler
-from pathtrail.params import ParamsError
+from pathtrail.config.loading import ParamsError
+from pathtrail.core.errors import PathTrailError
+from pathtrail.data.loaders import KeyedBatchSampler
+from pathtrail.train import distributed as D
 
 WORKER_ENV = {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}
 
@@ -99,7 +99,7 @@ def test_single_process_collectives_are_identities():
 
 
 def test_fit_with_several_ranks_needs_a_process_group(tmp_path):
-    from pathtrail.training import fit
+    from pathtrail.train.loop import fit
 
     with pytest.raises(PathTrailError, match="initialized process group"):
         fit(None, None, None, None, None, None, num_classes=2, fingerprint="f", world=D.World(rank=0, size=2))

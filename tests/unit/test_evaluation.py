@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 from sklearn import metrics as skm
 
-from pathtrail import bootstrap, diagnostics
-from pathtrail.cohort_metrics import binary_metrics, multiclass_metrics
-from pathtrail.evaluation import (
+from pathtrail.evaluation import bootstrap, diagnostics
+from pathtrail.evaluation.metrics import binary_metrics, multiclass_metrics
+from pathtrail.evaluation.report import (
     Cohort,
     DegenerateDataError,
     aggregate,

@@ -15,11 +15,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from conftest import REPO, tiny_params, write_params
-from pathtrail import models
-from pathtrail.errors import PathTrailError
-from pathtrail.models import CheckpointedSequential, SmallCNN, build_model
-from pathtrail.params import ParamsError, load_section, params_sha256
-from pathtrail.settings import ModelParams
+from pathtrail.config.loading import ParamsError, load_section
+from pathtrail.config.sections import ModelParams
+from pathtrail.core.errors import PathTrailError
+from pathtrail.core.hashing import digest
+from pathtrail.train import models
+from pathtrail.train.models import CheckpointedSequential, SmallCNN, build_model
 
 
 def _grads_after_step(model: nn.Module, x: torch.Tensor, seed: int = 1) -> tuple:
@@ -262,7 +263,7 @@ def test_param_is_explicit_in_params(tmp_path):
     path = write_params(tmp_path, tiny_params(tmp_path, **{"model.gradient_checkpointing": True}))
     assert load_section(path, "model", ModelParams).gradient_checkpointing is True
     # the model section (hashed into the model metadata and the card) differs with it
-    assert params_sha256(committed) != params_sha256(dict(committed, gradient_checkpointing=True))
+    assert digest(committed) != digest(dict(committed, gradient_checkpointing=True))
     path = write_params(tmp_path, tiny_params(tmp_path, **{"model.gradient_checkpointing": "yes"}))
     with pytest.raises(ParamsError, match=r"model\.gradient_checkpointing' must be true or false"):
         load_section(path, "model", ModelParams)

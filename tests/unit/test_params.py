@@ -8,9 +8,9 @@ import pytest
 import yaml
 
 from conftest import REPO, tiny_params, write_params
-from pathtrail.config import REGENERATE, compose_params
-from pathtrail.params import ParamsError, from_dict, load_section
-from pathtrail.settings import DataParams, EvalParams, ModelParams, StainParams, TrainParams
+from pathtrail.config.compose import REGENERATE, compose_params
+from pathtrail.config.loading import ParamsError, from_dict, load_section
+from pathtrail.config.sections import DataParams, EvalParams, ModelParams, StainParams, TrainParams
 
 
 def test_params_yaml_is_the_composition_of_pipelines():
@@ -76,8 +76,8 @@ def test_bad_train_params_fail_naming_the_key(repo_params, key, value, match):
 
 
 def test_unknown_architecture_fails_before_training(tmp_path):
-    from pathtrail.errors import PathTrailError
-    from pathtrail.models import build_model
+    from pathtrail.core.errors import PathTrailError
+    from pathtrail.train.models import build_model
 
     with pytest.raises(PathTrailError, match="unknown model.arch 'resnet9000'"):
         build_model("resnet9000", 2)

@@ -6,8 +6,8 @@ import pandas as pd
 import pandera.pandas as pa
 import pytest
 
-from pathtrail.errors import PathTrailError
-from pathtrail.schemas import (
+from pathtrail.core.errors import PathTrailError
+from pathtrail.data.schemas import (
     is_safe_path,
     label_tokens,
     manifest_schema,

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pathtrail.splits import SplitError, split_by_patient, split_summary
+from pathtrail.data.splits import SplitError, split_by_patient, split_summary
 
 CLASSES = ("benign", "tumour", "other")
 

@@ -10,8 +10,7 @@ import textwrap
 import time
 
 from conftest import REPO
-
-from pathtrail.audit import chain_problems, read_entries
+from pathtrail.provenance.audit import chain_problems, read_entries
 
 
 def test_sigterm_during_setup_records_a_failed_run(tmp_path):
@@ -19,8 +18,8 @@ def test_sigterm_during_setup_records_a_failed_run(tmp_path):
     script = textwrap.dedent(f"""
         import sys, time
         sys.path[:0] = [{str(REPO / "src")!r}]
-        from pathtrail import audit
-        from pathtrail.stagekit import entrypoint
+        from pathtrail.provenance import audit
+        from pathtrail.pipeline.stagekit import entrypoint
 
         @entrypoint("demo")
         def main(argv=None):

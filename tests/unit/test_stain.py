@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from pathtrail import demo
-from pathtrail.stain import DEFAULT_MAX_CONCENTRATIONS, DEFAULT_STAINS, MacenkoNormalizer
+from pathtrail.data import demo
+from pathtrail.stain import MacenkoNormalizer
+from pathtrail.stain.macenko import DEFAULT_MAX_CONCENTRATIONS, DEFAULT_STAINS
 
 HE_DIR = Path(__file__).resolve().parents[1] / "data/he"
 # Tissue-rich 256x256 region of target.png used as the reference throughout.
@@ -542,8 +543,8 @@ def test_slide_fallback_ignores_other_slides_and_chunking():
 
 
 def test_fallback_param_is_validated(repo_params):
-    from pathtrail.params import ParamsError, from_dict
-    from pathtrail.settings import StainParams
+    from pathtrail.config.loading import ParamsError, from_dict
+    from pathtrail.config.sections import StainParams
 
     for value in ("reference", "passthrough", "slide"):
         stain = from_dict(StainParams, dict(repo_params["stain"], fallback=value), prefix="stain")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from conftest import tiny_params, write_params
-from pathtrail import settings
-from pathtrail.audit import read_entries
-from pathtrail.params import ParamsError, load_section
-from pathtrail.settings import ModelParams, TrainParams
+from pathtrail.config import sections as settings
+from pathtrail.config.loading import ParamsError, load_section
+from pathtrail.config.sections import ModelParams, TrainParams
+from pathtrail.provenance.audit import read_entries
 
 
 def _load(tmp_path, section, cls, **overrides):
@@ -65,8 +65,8 @@ def test_train_stage_stops_before_training_or_launching(tmp_path, monkeypatch, c
     import stages.train
 
     params = write_params(tmp_path, tiny_params(tmp_path, **{key: value}))
-    monkeypatch.setattr("pathtrail.distributed.relaunch", lambda *a: pytest.fail("must not launch"))
-    monkeypatch.setattr("stages.train.fit", lambda *a, **k: pytest.fail("must not train"))
+    monkeypatch.setattr("pathtrail.train.distributed.relaunch", lambda *a: pytest.fail("must not launch"))
+    monkeypatch.setattr("pathtrail.pipeline.train.fit", lambda *a, **k: pytest.fail("must not train"))
     with pytest.raises(SystemExit) as exc:
         stages.train.main(["--params", str(params), "--log-file", str(tmp_path / "log.jsonl"),
                            "--trail", str(tmp_path / "trail.jsonl")])

@@ -10,11 +10,12 @@ import pytest
 import torch
 
 from conftest import tiny_params, write_params
-from pathtrail.loaders import KeyedBatchSampler, PatchDataset
-from pathtrail.params import load_section
-from pathtrail.settings import DataParams, ModelParams, TrainParams
-from pathtrail.store import StoreWriter, open_store
-from pathtrail.training import Interrupted, Split, class_weights, fit
+from pathtrail.config.loading import load_section
+from pathtrail.config.sections import DataParams, ModelParams, TrainParams
+from pathtrail.data.loaders import KeyedBatchSampler, PatchDataset
+from pathtrail.data.store import StoreWriter, open_store
+from pathtrail.train.loop import Split, class_weights, fit
+from pathtrail.train.steps import Interrupted
 
 
 @pytest.fixture

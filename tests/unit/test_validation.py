@@ -18,9 +18,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pathtrail.images import inspect_file, tissue_fraction
-from pathtrail.validation import Cohort, Rules, validate_cohorts
-from pathtrail.validation_cli import validate_command
+from pathtrail.cli.validate import validate_command
+from pathtrail.data.images import inspect_file, tissue_fraction
+from pathtrail.data.validation import Cohort, Rules, validate_cohorts
 
 COLUMNS = ["path", "label", "patient_id", "slide_id", "site"]
 SIZE = 16
@@ -418,7 +418,7 @@ def test_inspect_file_records_the_sha256(tmp_path):
 # ------------------------------------------------------------------ the CLI as users run it
 def cli(tmp: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", "pathtrail.validation", *args], cwd=tmp,
+    return subprocess.run([sys.executable, "-m", "pathtrail.cli.validate", *args], cwd=tmp,
                           capture_output=True, text=True, env=env, timeout=120, check=False)
 
 

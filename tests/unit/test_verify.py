@@ -9,9 +9,15 @@ import pytest
 import yaml
 
 from fake_pipeline import CARD, TRAIL, fake_tree
-from pathtrail import audit
-from pathtrail.io import write_json
-from pathtrail.verify import Report, format_report, lock_problems, parse_dvc_status, verify
+from pathtrail.core.files import write_json
+from pathtrail.provenance import audit
+from pathtrail.review.verify import (
+    Report,
+    format_report,
+    lock_problems,
+    parse_dvc_status,
+    verify,
+)
 
 CARD_JSON = f"model_cards/{CARD}.json"
 
@@ -249,7 +255,7 @@ def test_parse_dvc_status_groups_and_names():
 
 
 def test_format_report_names_each_disagreement():
-    from pathtrail.verify import Check
+    from pathtrail.review.verify import Check
 
     report = Report(
         "repo", [Check("audit", notes=["3 entries"]), Check("card", problems=["x.json: bad field"])]

@@ -1,0 +1,222 @@
+"""The model card: a pure function from the pipeline's outputs to a JSON record and its Markdown.
+
+`build_card(CardInputs) -> (card, markdown)`. The inputs are plain values (the stage reads the
+files); nothing here reads a clock, the environment or the disk, so the same inputs always give the
+same bytes. The Markdown is rendered from the card JSON alone (`pathtrail.card.render.render_markdown`),
+and the JSON stores `markdown_sha256`, the sha256 of the Markdown's UTF-8 bytes. `pathtrail verify`
+re-renders the Markdown from the JSON and compares it byte for byte, so every number shown in the
+Markdown is proven to come from the JSON, and the JSON's numbers are compared with the metrics
+files.
+
+The audit `chain_head` recorded in a card is the hash of the last trail entry of a stage other than
+`model_card` when the card was built: it commits to every pipeline run the card summarises (the
+chain covers all entries before it), and re-running only the card stage gives the same card.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pathtrail.card.checklist import checklist, release_status
+from pathtrail.card.render import render_markdown
+from pathtrail.card.values import CARD_FORMAT, CARD_STAGE, VALIDATION_KEYS, get
+from pathtrail.core.hashing import canonical_json, digest, sha256_bytes
+
+
+@dataclass(frozen=True)
+class CardInputs:
+    """Everything a card is built from. Optional inputs may be None/empty: the card then says so."""
+
+    params: dict[str, Any]
+    intended_use: str = ""
+    train_metrics: dict[str, Any] | None = None
+    compile_check: dict[str, Any] | None = None
+    eval_metrics: dict[str, Any] | None = None
+    validation: dict[str, Any] | None = None
+    split: dict[str, Any] | None = None
+    normalization: dict[str, Any] | None = None
+    stain_reference_sha256: str | None = None
+    model_sha256: str | None = None
+    epochs: list[dict[str, Any]] = field(default_factory=list)
+    figures: dict[str, str] = field(
+        default_factory=dict
+    )  # path relative to the card folder -> sha256
+    input_hashes: dict[str, str | None] = field(default_factory=dict)  # every file read -> sha256
+    dvc_lock: dict[str, Any] | None = None  # parsed dvc.lock
+    manifests: dict[str, dict[str, Any]] = field(default_factory=dict)
+    chain_head: str | None = None
+    trail: str = "audit/trail.jsonl"
+    git: dict[str, Any] = field(default_factory=dict)  # provenance.GitState.as_dict()
+    environment: dict[str, Any] = field(default_factory=dict)  # provenance.environment()
+
+
+def build_card(inputs: CardInputs) -> tuple[dict[str, Any], str]:
+    """The card JSON (as it will be written: JSON-normalised) and its Markdown text."""
+    card = normalise(assemble(inputs))
+    markdown = render_markdown(card)
+    card["markdown_sha256"] = sha256_bytes(markdown.encode("utf-8"))
+    return card, markdown
+
+
+def normalise(obj: Any) -> Any:
+    """What the object becomes after a JSON round trip (tuples to lists, NaN to None)."""
+    return json.loads(canonical_json(obj))
+
+
+def assemble(inp: CardInputs) -> dict[str, Any]:
+    params = inp.params
+    name = get(params, "card.name") or "model"
+    compile_check = inp.compile_check or {}
+    card: dict[str, Any] = {
+        "card_format": CARD_FORMAT,
+        "name": name,
+        "intended_use": inp.intended_use.strip(),
+        "model": {
+            "arch": get(params, "model.arch"),
+            "width": get(params, "model.width"),
+            "dropout": get(params, "model.dropout"),
+            "classes": get(params, "data.classes"),
+            "sha256": inp.model_sha256,
+        },
+        "params": params,
+        "params_sha256": digest(params),
+        "metrics": {"eval": inp.eval_metrics, "train": inp.train_metrics},
+        "training_curves": inp.epochs,
+        "compile_check": inp.compile_check,
+        "data": {
+            "validation": {k: inp.validation[k] for k in VALIDATION_KEYS if k in inp.validation}
+            if inp.validation
+            else None,
+            "split": inp.split,
+            "normalization": inp.normalization,
+        },
+        "figures": dict(sorted(inp.figures.items())),
+        "environment": {
+            **inp.environment,
+            "determinism": determinism(params),
+            "compile": compile_settings(params, compile_check),
+        },
+        "provenance": {
+            **{
+                k: inp.git.get(k)
+                for k in (
+                    "git_commit",
+                    "git_branch",
+                    "git_remote_url",
+                    "git_dirty",
+                    "git_modified",
+                    "git_commit_date",
+                )
+            },
+            "dvc_lock": lock_stage_hashes(inp.dvc_lock),
+            "manifests": inp.manifests,
+            "stain_reference_sha256": inp.stain_reference_sha256,
+            "model_sha256": inp.model_sha256,
+            "inputs": dict(sorted(inp.input_hashes.items())),
+        },
+        "audit": {"chain_head": inp.chain_head, "trail": inp.trail},
+    }
+    card["checklist"] = checklist(card)
+    card["release_status"], card["release_reasons"] = release_status(card)
+    return card
+
+
+# ----------------------------------------------------------------------------- derived sections
+def determinism(params: dict[str, Any]) -> dict[str, Any]:
+    keys = (
+        "train.seed",
+        "train.deterministic",
+        "train.cudnn_benchmark",
+        "train.allow_tf32",
+        "train.amp",
+        "data.split.seed",
+        "eval.seed",
+        "data.num_workers",
+        "data.persistent_workers",
+        "compile_check.fallback_random",
+    )
+    return {k: get(params, k) for k in keys}
+
+
+def compile_settings(params: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "use_compile": get(params, "train.use_compile"),
+        "compile_mode": get(params, "train.compile_mode"),
+        "backend": report.get("backend"),
+        "fallback_random": get(params, "compile_check.fallback_random"),
+        "checked_with_torch": report.get("torch_version"),
+    }
+
+
+def lock_stage_hashes(lock: dict[str, Any] | None) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per dvc.lock stage, the md5 of each dep and out (the card's own stage is left out: its lock
+    entry is written only after it runs, so what is there belongs to an earlier card)."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for stage, body in sorted(((lock or {}).get("stages") or {}).items()):
+        if stage == CARD_STAGE:
+            continue
+        out[stage] = {
+            kind: {str(item.get("path")): item.get("md5") for item in body.get(kind) or []}
+            for kind in ("deps", "outs")
+        }
+    return out
+
+
+def manifest_hashes(
+    validation: dict[str, Any] | None, entries: list[dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """Each cohort's manifest path and sha256: from the validation report when it records one,
+    else from the start entry of the latest successful `validate` run in the audit trail."""
+    started = latest_successful_starts(entries).get("validate", {}).get("inputs") or {}
+    out: dict[str, dict[str, Any]] = {}
+    for cohort, summary in sorted(((validation or {}).get("cohorts") or {}).items()):
+        if not isinstance(summary, dict) or "manifest" not in summary:
+            continue
+        path = str(summary["manifest"])
+        sha, source = summary.get("manifest_sha256"), "validation report"
+        if sha is None and started.get(path):
+            sha, source = started[path], "audit trail (validate start entry)"
+        out[cohort] = {"path": path, "sha256": sha, "source": source if sha else None}
+    return out
+
+
+def latest_successful_starts(entries: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per stage, the start entry of its latest run that ended `ok`."""
+    starts: dict[str, dict[str, Any]] = {}
+    out: dict[str, dict[str, Any]] = {}
+    for e in entries:
+        if e.get("action") == "start":
+            starts[e.get("run_id")] = e
+        elif e.get("action") == "end" and e.get("outcome") == "ok" and e.get("run_id") in starts:
+            out[e.get("stage")] = starts[e["run_id"]]
+    return out
+
+
+def card_chain_head(entries: list[dict[str, Any]], genesis: str) -> str:
+    """The hash of the last entry not written by the card stage itself (see the module docstring)."""
+    for e in reversed(entries):
+        if e.get("stage") != CARD_STAGE and e.get("entry_hash"):
+            return str(e["entry_hash"])
+    return genesis
+
+
+def read_epochs(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of `plots/train/epochs.csv` with numbers parsed (ints stay ints, empty cells None)."""
+    with open(path, encoding="utf-8", newline="") as f:
+        return [{k: _parse_cell(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def _parse_cell(text: str | None) -> Any:
+    if text is None or text == "":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text

@@ -1,0 +1,1 @@
+"""The `pathtrail` command (`main`): validate, verify, trail."""

@@ -1,0 +1,111 @@
+"""The `pathtrail` command: `validate`, `verify` and `trail`.
+
+`main(argv)` returns the exit status (the console script calls `sys.exit(main())`). User errors are
+one clear message on stderr and a non-zero status, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from pathtrail.core.errors import PathTrailError
+
+USAGE_ERROR = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pathtrail", description="PathTrail: audit-grade training pipeline tools."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub.add_parser(
+        "validate",
+        add_help=False,
+        help="check cohort manifests and images (see `pathtrail validate --help`)",
+    )
+    v = sub.add_parser(
+        "verify",
+        help="recompute everything; exit 0 only when trail, artifacts, card and dvc.lock agree",
+    )
+    v.add_argument("--root", default=".", help="repository root (default: the current folder)")
+    t = sub.add_parser("trail", help="the audit trail as a readable timeline")
+    t.add_argument(
+        "--path", default="audit/trail.jsonl", help="trail file (default: audit/trail.jsonl)"
+    )
+    t.add_argument("--stage", default=None, help="only this stage's entries")
+    t.add_argument("--json", action="store_true", help="raw entries as JSON lines")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if args_list[:1] == ["validate"]:
+            return _validate(args_list[1:])
+        try:
+            args = build_parser().parse_args(args_list)
+        except SystemExit as exc:  # argparse has printed usage or help
+            return exc.code if isinstance(exc.code, int) else USAGE_ERROR
+        _quiet_logging()
+        command: Callable[[argparse.Namespace], int] = {"verify": _verify, "trail": _trail}[
+            args.command
+        ]
+        return command(args)
+    except PathTrailError as exc:
+        print(f"pathtrail: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _quiet_logging() -> None:
+    """Library events go to stderr, warnings only: stdout is the report."""
+    from pathtrail.core.logs import configure
+
+    configure(None)
+    logging.getLogger().setLevel(logging.WARNING)
+
+
+def _validate(rest: list[str]) -> int:
+    from pathtrail.cli.validate import validate_command
+
+    return int(validate_command(rest) or 0)
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from pathtrail.review.verify import format_report, verify
+
+    root = Path(args.root)
+    if not root.is_dir():
+        raise PathTrailError(f"--root {args.root}: no such folder")
+    report = verify(root)
+    sys.stdout.write(format_report(report))
+    return 0 if report.ok else 1
+
+
+def _trail(args: argparse.Namespace) -> int:
+    from pathtrail.provenance.audit import chain_problems, read_entries
+    from pathtrail.review.timeline import format_json, format_timeline
+
+    path = Path(args.path)
+    if not path.is_file():
+        raise PathTrailError(
+            f"{args.path}: no audit trail here (run from the repository root, or pass --path)"
+        )
+    entries = read_entries(path)
+    problems = chain_problems(entries)
+    if args.json:
+        sys.stdout.write(format_json(entries, args.stage))
+        for p in problems:
+            print(f"CHAIN BROKEN: {p}", file=sys.stderr)
+    else:
+        sys.stdout.write(format_timeline(entries, problems, args.stage))
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

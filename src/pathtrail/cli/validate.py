@@ -1,0 +1,109 @@
+"""`pathtrail validate`: check a user's cohorts before anything is trained on them.
+
+    pathtrail validate --internal A.csv [--external B.csv] [--data-root DIR] [--params params.yaml]
+                       [--classes a,b] [--mode-policy convert|reject] [--size-policy reject|resize]
+                       [--patch-size N] [--json] [--report FILE]
+
+Classes and policies come from the `data` section of params.yaml in the working directory when it
+exists (or of --params FILE), each overridable by an option; without a params file --classes is
+required. The data root defaults to the folder of each manifest. Exit status: 0 when the data are
+usable (warnings allowed), 1 when there is any error, 2 for a usage error (bad option or params).
+Nothing is written unless --report FILE is given (then the JSON report, also on failure).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from pathtrail.config.loading import load_section
+from pathtrail.config.sections import DataParams
+from pathtrail.core.errors import PathTrailError
+from pathtrail.core.files import write_json
+from pathtrail.core.hashing import canonical_json
+from pathtrail.data.report import format_report
+from pathtrail.data.validation import Cohort, Rules, validate_cohorts
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pathtrail validate", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--internal", required=True, metavar="CSV", help="internal cohort manifest")
+    p.add_argument("--external", metavar="CSV", help="external cohort manifest (optional)")
+    p.add_argument("--data-root", metavar="DIR",
+                   help="folder the manifest paths start from (default: each manifest's folder)")
+    p.add_argument("--params", metavar="FILE",
+                   help="params file (default: params.yaml in the working directory, if any)")
+    p.add_argument("--classes",
+                   help="comma-separated class names, in index order (e.g. benign,tumour)")
+    p.add_argument("--patch-size", type=int, metavar="N", help="expected width and height")
+    p.add_argument("--mode-policy", choices=["convert", "reject"])
+    p.add_argument("--size-policy", choices=["reject", "resize"])
+    p.add_argument("--tissue-policy", choices=["warn", "reject"])
+    p.add_argument("--min-tissue-fraction", type=float, metavar="F")
+    p.add_argument("--min-per-class", type=int, metavar="N")
+    p.add_argument("--workers", type=int, metavar="N", help="threads for the image checks")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--report", metavar="FILE",
+                   help="also write the JSON report here (also on failure)")
+    return p
+
+
+def rules_from_args(args: argparse.Namespace) -> Rules:
+    """params file (if any) first, then each option given on the command line."""
+    params = Path(args.params or "params.yaml")
+    if params.is_file():
+        base: dict[str, Any] = Rules.from_params(load_section(params, "data", DataParams)).__dict__
+    elif args.params:
+        raise PathTrailError(f"params file '{args.params}' not found")
+    elif not args.classes:
+        raise PathTrailError("no params.yaml in the working directory, so the classes are unknown: "
+                             "pass --classes (e.g. --classes benign,tumour) or --params FILE")
+    else:
+        base = {"patch_size": None}
+    if args.classes is not None:
+        classes = tuple(c.strip() for c in args.classes.split(","))
+        if len(classes) < 2 or "" in classes or len(set(classes)) != len(classes):
+            raise PathTrailError(
+                f"--classes needs two or more distinct names, got '{args.classes}'")
+        base["classes"] = classes
+    options = {"patch_size": args.patch_size, "mode_policy": args.mode_policy,
+               "size_policy": args.size_policy, "tissue_policy": args.tissue_policy,
+               "min_tissue_fraction": args.min_tissue_fraction, "min_per_class": args.min_per_class}
+    base.update({k: v for k, v in options.items() if v is not None})
+    for key in ("patch_size", "min_per_class", "workers"):
+        value = base.get(key) if key != "workers" else args.workers
+        if value is not None and value < 1:
+            raise PathTrailError(f"--{key.replace('_', '-')} must be >= 1, got {value}")
+    return Rules(**base)
+
+
+def validate_command(argv: list[str] | None = None) -> int:
+    """Run `pathtrail validate`; return the exit status (0 usable, 1 errors, 2 usage)."""
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2), already printed by argparse
+        return int(exc.code or 0)
+    try:
+        rules = rules_from_args(args)
+    except PathTrailError as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
+    cohorts = [Cohort(name, Path(path), Path(args.data_root or Path(path).parent))
+               for name, path in (("internal", args.internal), ("external", args.external)) if path]
+    result = validate_cohorts(cohorts, rules, workers=args.workers)
+    sys.stdout.write(canonical_json(result.report) if args.json else format_report(result.report))
+    if args.report:
+        write_json(result.report, args.report)
+    if not result.ok:
+        print(f"validation failed: {len(result.errors)} error(s); nothing is usable until they are "
+              "fixed", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(validate_command(None))

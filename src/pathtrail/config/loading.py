@@ -1,0 +1,143 @@
+"""Typed, strict loading of `params.yaml` sections into frozen dataclasses.
+
+One dataclass per section (`pathtrail.config.sections`). An unknown or
+missing key, or a value of the wrong type, raises `ParamsError` naming the dotted key, so a typo in
+`-S train.lerning_rate=...` fails before any work is done.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from pathtrail.core.errors import PathTrailError
+
+T = TypeVar("T")
+
+
+class ParamsError(PathTrailError, ValueError):
+    """A params value is missing, unknown or invalid; the message names the key and the fix."""
+
+
+def read_params(path: str | Path = "params.yaml") -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(
+            f"{path}: not found. Run from the repository root, or regenerate it with `make params`."
+        )
+    with open(path, encoding="utf-8") as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ParamsError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def load_section(path: str | Path, section: str, cls: type[T]) -> T:
+    return parse_section(read_params(path), section, cls, source=str(path))
+
+
+def parse_section(params: Mapping[str, Any], section: str, cls: type[T], source: str = "params.yaml") -> T:
+    """Section `section` of an already read params mapping as `cls` (strict, see `from_dict`)."""
+    if section not in params:
+        raise ParamsError(f"{source}: missing section '{section}'. Regenerate params.yaml with `make params`.")
+    return from_dict(cls, params[section], prefix=section)
+
+
+def from_dict(cls: type[T], data: Any, prefix: str = "") -> T:
+    """Build dataclass `cls` from a mapping, strictly (recursing into nested dataclasses)."""
+    if not isinstance(data, dict):
+        raise ParamsError(f"'{prefix}' must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        keys = ", ".join(f"'{_join(prefix, k)}'" for k in unknown)
+        raise ParamsError(f"unknown params key(s) {keys}; known keys: {', '.join(sorted(fields))}")
+    values = {}
+    for name, field in fields.items():
+        key = _join(prefix, name)
+        if name not in data:
+            if field.default is not dataclasses.MISSING:
+                values[name] = field.default
+                continue
+            if field.default_factory is not dataclasses.MISSING:
+                values[name] = field.default_factory()
+                continue
+            raise ParamsError(f"missing params key '{key}'")
+        values[name] = _convert(hints[name], data[name], key)
+    try:
+        obj = cls(**values)
+    except ParamsError:
+        raise
+    except (TypeError, ValueError) as exc:  # a dataclass's own __post_init__ checks
+        raise ParamsError(f"invalid '{prefix}' params: {exc}") from None
+    check = getattr(obj, "check", None)
+    if callable(check):
+        check()
+    return obj
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _convert(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, key)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _convert(arg, value, key)
+            except ParamsError as e:
+                errors.append(str(e))
+        raise ParamsError(errors[0] if errors else f"'{key}': invalid value {value!r}")
+    if origin is typing.Literal:
+        if value not in args:
+            allowed = ", ".join(repr(a) for a in args)
+            raise ParamsError(f"'{key}' must be one of {allowed}, got {value!r}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, list):
+            raise ParamsError(f"'{key}' must be a list, got {value!r}")
+        item = args[0] if args else Any
+        return [_convert(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ParamsError(f"'{key}' must be a mapping, got {value!r}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ParamsError(f"'{key}' must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ParamsError(f"'{key}' must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ParamsError(f"'{key}' must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ParamsError(f"'{key}' must be a string, got {value!r}")
+        return value
+    return value
+
+
+def require(condition: bool, key: str, message: str) -> None:
+    """Raise ParamsError for `key` unless `condition` holds (used by dataclass `check()` methods)."""
+    if not condition:
+        raise ParamsError(f"'{key}' {message}")

@@ -1,0 +1,252 @@
+"""One frozen dataclass per params section. Loaded strictly by `pathtrail.config.loading.load_section`."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pathtrail.config.loading import require
+from pathtrail.core.system import usable_cpus
+
+# The architectures `pathtrail.train.models.build_model` knows (torchvision ones need torchvision installed).
+TORCHVISION_ARCHS = ("resnet18", "resnet34", "resnet50", "densenet121", "vit_b_16")
+ARCHITECTURES = ("small_cnn", *TORCHVISION_ARCHS)
+
+
+_SITE_NAME = re.compile(r"^[a-z0-9_]+$")
+
+
+def site_prefix(site: str) -> str:
+    """ID prefix of a site: "site_a" -> "a"."""
+    return site.removeprefix("site_")
+
+
+@dataclass(frozen=True)
+class DemoParams:
+    """The `data.demo` params section."""
+
+    seed: int
+    patch_size: int
+    internal_sites: list[str]
+    external_site: str
+    patients_per_site: int
+    external_patients: int
+    patches_per_patient: int
+    max_slides_per_patient: int
+
+    def __post_init__(self) -> None:
+        sites = [*self.internal_sites, self.external_site]
+        prefixes = [site_prefix(s) for s in sites]
+        problems = [
+            f"{name} must be >= {low}, got {value}"
+            for name, value, low in [
+                ("seed", self.seed, 0),
+                ("patch_size", self.patch_size, 16),
+                ("patients_per_site", self.patients_per_site, 2),
+                ("external_patients", self.external_patients, 2),
+                ("patches_per_patient", self.patches_per_patient, 1),
+                ("max_slides_per_patient", self.max_slides_per_patient, 1),
+            ]
+            if value < low
+        ]
+        problems += [
+            f"site name {s!r} must match {_SITE_NAME.pattern}"
+            for s in sites
+            if not _SITE_NAME.match(s)
+        ]
+        if not self.internal_sites:
+            problems.append("internal_sites must not be empty")
+        if len(set(prefixes)) != len(prefixes):
+            problems.append(f"site ID prefixes must be unique, got {prefixes}")
+        if problems:
+            raise ValueError("invalid data.demo params: " + "; ".join(problems))
+
+
+@dataclass(frozen=True)
+class SplitParams:
+    seed: int
+    val_fraction: float
+    test_fraction: float
+
+    def check(self) -> None:
+        require(0 < self.val_fraction < 1, "data.split.val_fraction", "must be between 0 and 1")
+        require(0 < self.test_fraction < 1, "data.split.test_fraction", "must be between 0 and 1")
+        require(self.val_fraction + self.test_fraction < 1, "data.split", "val + test fractions must be < 1")
+
+
+@dataclass(frozen=True)
+class DataParams:
+    demo: DemoParams
+    data_root: str
+    internal_manifest: str
+    external_manifest: str | None
+    classes: list[str]
+    patch_size: int
+    mode_policy: Literal["convert", "reject"]
+    size_policy: Literal["reject", "resize"]
+    min_tissue_fraction: float
+    tissue_policy: Literal["warn", "reject"]
+    min_per_class: int
+    split: SplitParams
+    num_workers: int
+    prefetch_factor: int
+    persistent_workers: bool
+    pin_memory: bool
+
+    def check(self) -> None:
+        require(len(self.classes) >= 2, "data.classes", "needs at least two classes")
+        require(len(set(self.classes)) == len(self.classes), "data.classes", "has duplicates")
+        require(self.patch_size > 0, "data.patch_size", "must be positive")
+        require(self.num_workers >= 0, "data.num_workers", "must be >= 0")
+        require(self.prefetch_factor >= 1, "data.prefetch_factor", "must be >= 1")
+        require(self.min_per_class >= 1, "data.min_per_class", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class StainParams:
+    enable_stain_norm: bool
+    io: float
+    alpha: float
+    beta: float
+    scope: Literal["patch", "slide"]
+    # For patches whose own stain estimate is unusable (pathtrail.stain.FALLBACKS); loading
+    # rejects any other value, naming `stain.fallback` and these three.
+    fallback: Literal["reference", "passthrough", "slide"]
+    min_tissue_fraction: float
+    chunk_size: int
+    fit_max_patches: int
+    shard_size: int
+
+    def check(self) -> None:
+        require(0 < self.alpha < 50, "stain.alpha", "must be a percentile in (0, 50)")
+        require(self.beta > 0, "stain.beta", "must be positive")
+        require(self.chunk_size >= 1, "stain.chunk_size", "must be >= 1")
+        require(self.shard_size >= 1, "stain.shard_size", "must be >= 1")
+        require(self.fit_max_patches >= 1, "stain.fit_max_patches", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    arch: str
+    width: int
+    dropout: float
+    weights_path: str | None
+    # Recompute the main stages' activations in backward (activation checkpointing): same results,
+    # less memory, more compute. For large models; an arch that cannot do it fails in build_model.
+    gradient_checkpointing: bool
+
+    def check(self) -> None:
+        require(self.arch in ARCHITECTURES, "model.arch",
+                f"is {self.arch!r}, which is not a known architecture; choose one of: {', '.join(ARCHITECTURES)}")
+        require(self.width >= 4, "model.width", "must be >= 4")
+        require(0 <= self.dropout < 1, "model.dropout", "must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class EarlyStopping:
+    patience: int
+    min_delta: float
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """`nproc_per_node > 1`: the train stage relaunches itself under torchrun on this node.
+
+    Multi-node runs are launched by the user with `torchrun --nnodes ...`; the world size then
+    comes from torchrun's environment and this value is not used to launch anything.
+    """
+
+    nproc_per_node: int
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    seed: int
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    scheduler: Literal["none", "cosine", "onecycle", "plateau"]
+    warmup_fraction: float
+    grad_clip_norm: float
+    accumulation_steps: int
+    label_smoothing: float
+    amp: Literal["none", "bf16", "fp16"]
+    use_compile: bool
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"]
+    deterministic: bool
+    channels_last: bool
+    cudnn_benchmark: bool
+    allow_tf32: bool
+    augment: bool
+    early_stopping: EarlyStopping
+    checkpoint_every: int
+    distributed: Distributed = field(default_factory=lambda: Distributed(1))
+
+    def check(self) -> None:
+        require(self.epochs >= 1, "train.epochs", "must be >= 1")
+        require(self.batch_size >= 1, "train.batch_size", "must be >= 1")
+        require(self.lr > 0, "train.lr", f"must be positive, got {self.lr}")
+        require(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+        require(self.grad_clip_norm >= 0, "train.grad_clip_norm", "must be >= 0 (0 disables clipping)")
+        require(self.accumulation_steps >= 1, "train.accumulation_steps", f"must be >= 1, got {self.accumulation_steps}")
+        require(0 <= self.label_smoothing < 1, "train.label_smoothing", "must be in [0, 1)")
+        require(0 <= self.warmup_fraction < 1, "train.warmup_fraction", "must be in [0, 1)")
+        require(self.checkpoint_every >= 1, "train.checkpoint_every", "must be >= 1")
+        require(self.early_stopping.patience >= 1, "train.early_stopping.patience", "must be >= 1")
+        n = self.distributed.nproc_per_node
+        require(n >= 1, "train.distributed.nproc_per_node", f"must be >= 1, got {n}")
+        available, kind = _available_devices()
+        require(n <= available, "train.distributed.nproc_per_node",
+                f"is {n}, but this machine has only {available} {kind} available (one process per {kind[:-1]})")
+        require(self.batch_size % n == 0, "train.batch_size",
+                f"is {self.batch_size}, which does not divide among train.distributed.nproc_per_node={n} "
+                f"processes; train.batch_size is the global batch, so use a multiple of {n}")
+
+
+def _available_devices() -> tuple[int, str]:
+    """(count, "GPUs") on a CUDA machine, else (usable CPU cores, "CPUs")."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.device_count(), "GPUs"
+    return usable_cpus(), "CPUs"
+
+
+@dataclass(frozen=True)
+class CompileCheckParams:
+    enabled: bool
+    auc_tolerance: float
+    loss_step0_tolerance: float
+    loss_max_tolerance: float
+    loss_mean_tolerance: float
+    n_bootstrap: int
+    fallback_random: bool
+
+
+@dataclass(frozen=True)
+class EvalParams:
+    threshold_rule: Literal["youden", "target_sensitivity", "fixed"]
+    target_sensitivity: float
+    fixed_threshold: float
+    n_bootstrap: int
+    seed: int
+    ece_bins: int
+    n_failures: int
+
+    def check(self) -> None:
+        require(self.n_bootstrap >= 100, "eval.n_bootstrap", "must be >= 100 for a usable interval")
+        require(0 < self.target_sensitivity <= 1, "eval.target_sensitivity", "must be in (0, 1]")
+        require(self.ece_bins >= 2, "eval.ece_bins", "must be >= 2")
+
+
+@dataclass(frozen=True)
+class CardParams:
+    name: str
+    intended_use: str
+
+
+@dataclass(frozen=True)
+class ProfileParams:
+    name: Literal["production", "fast", "benchmark"]

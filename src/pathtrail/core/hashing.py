@@ -1,0 +1,72 @@
+"""The one canonical JSON form and sha256 helper: params hashes, audit entries and artifacts.
+
+`canonical_json(obj)` is the form every JSON artifact is written in (sorted keys, two-space indent,
+UTF-8, NaN/inf as null, trailing newline); `canonical_json(obj, compact=True)` the same content
+without whitespace, which `digest` hashes. Params hashes (`params_sha256` in the trail, the card and
+the model metadata), audit entry hashes and the resume fingerprint are all `digest(...)`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+CHUNK = 1 << 20
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(CHUNK):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_path(path: str | Path) -> str:
+    """sha256 of a file, or of a directory as the hash of its sorted (relative path, file hash) list."""
+    p = Path(path)
+    if p.is_file():
+        return sha256_file(p)
+    if p.is_dir():
+        h = hashlib.sha256()
+        for f in sorted(x for x in p.rglob("*") if x.is_file()):
+            h.update(f"{f.relative_to(p).as_posix()}\0{sha256_file(f)}\n".encode())
+        return h.hexdigest()
+    raise FileNotFoundError(f"cannot hash {p}: no such file or directory")
+
+
+def canonical_json(obj: Any, *, compact: bool = False) -> str:
+    """JSON with sorted keys, no NaN/inf (turned into null), UTF-8 text: stable across runs.
+
+    Default: the artifact form (indent 2, trailing newline). `compact=True`: no whitespace at all,
+    the form `digest` hashes (what `json.dumps(..., separators=(",", ":"))` writes).
+    """
+    value = _finite(obj)
+    if compact:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                          allow_nan=False, default=str)
+    return json.dumps(value, sort_keys=True, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+
+
+def digest(obj: Any) -> str:
+    """sha256 of `obj`'s compact canonical JSON (UTF-8): the hash of a params section or an entry."""
+    return sha256_bytes(canonical_json(obj, compact=True).encode("utf-8"))
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {str(k): _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if hasattr(obj, "item") and callable(obj.item):  # numpy / torch scalars
+        return _finite(obj.item())
+    return obj

@@ -1,0 +1,238 @@
+"""Reading a cohort manifest and checking it against the manifest schema, problem by problem.
+
+A manifest is a CSV file with at least the columns path, label, patient_id, slide_id, site (extra
+columns are kept). `read_manifest` accepts harmless variation (UTF-8 BOM, CRLF, blank lines, column
+order, whitespace around headers and cells, trailing empty columns) and returns a frame indexed by
+CSV line number (the header is line 1), so every problem found later names the line a user sees in
+an editor. `schema_problems` runs the pandera schema once (lazy) and turns each failure into a
+`Problem` with the rule broken and a hint to fix it.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import io
+import posixpath
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pandera.pandas as pa
+
+from pathtrail.data.schemas import REQUIRED_COLUMNS, is_safe_path, manifest_schema
+
+FIX_HEADER = "the header must name at least the columns " + ",".join(REQUIRED_COLUMNS)
+_SHOW_LINES = 10  # line numbers listed in one message before "..."
+
+
+@dataclass(frozen=True)
+class Cohort:
+    """One cohort to validate: its manifest and the folder its paths are relative to."""
+
+    name: str  # "internal" or "external"
+    manifest: Path
+    data_root: Path
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem, located: manifest, CSV line (header = 1), column and file, where they apply."""
+
+    severity: str  # "error" or "warning"
+    rule: str
+    message: str
+    hint: str
+    cohort: str | None = None
+    manifest: str | None = None
+    line: int | None = None
+    column: str | None = None
+    file: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def format(self) -> str:
+        where = [f"{self.cohort} manifest '{self.manifest}'" if self.manifest
+                 else self.cohort or ""]
+        where += [f"line {self.line}"] if self.line is not None else []
+        where += [f"column '{self.column}'"] if self.column else []
+        where += [f"file '{self.file}'"] if self.file else []
+        head = ", ".join(w for w in where if w)
+        return _printable(f"{head}: [{self.rule}] {self.message}") + f"\n      fix: {self.hint}"
+
+
+@dataclass
+class Scope:
+    """Collects the problems of one cohort, filling in where they happened."""
+
+    cohort: Cohort
+    problems: list[Problem] = field(default_factory=list)
+
+    def add(self, severity: str, rule: str, message: str, hint: str, line: Any = None,
+            column: str | None = None, file: str | None = None) -> None:
+        where = (self.cohort.name, self.cohort.manifest.as_posix(), line_number(line), column, file)
+        self.problems.append(Problem(severity, rule, message, hint, *where))
+
+
+def _printable(text: str) -> str:
+    """Control characters (a NUL in a path, say) shown escaped, never sent to the terminal."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def line_number(value: Any) -> int | None:
+    return None if value is None or pd.isna(value) else int(value)
+
+
+def list_lines(lines: Any) -> str:
+    lines = sorted(int(x) for x in lines)
+    more = f", ... ({len(lines)} in all)" if len(lines) > _SHOW_LINES else ""
+    return ", ".join(map(str, lines[:_SHOW_LINES])) + more
+
+
+def read_manifest(scope: Scope) -> pd.DataFrame | None:
+    """The manifest as a frame of stripped strings (empty cells null), indexed by CSV line number.
+
+    Returns None when the file cannot be read as a table at all (the reasons are in `scope`).
+    """
+    path, add = scope.cohort.manifest, scope.add
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        add("error", "manifest_missing", "the manifest file does not exist",
+            f"check the path given for the {scope.cohort.name} manifest")
+        return None
+    except OSError as exc:
+        add("error", "manifest_unreadable", f"the manifest cannot be read ({exc.strerror})",
+            "pass a readable CSV file")
+        return None
+    if not raw.strip():
+        add("error", "manifest_empty", f"the manifest is empty ({len(raw)} bytes)", FIX_HEADER +
+            ", then one row per patch")
+        return None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        add("error", "manifest_encoding", "the manifest is not UTF-8 text", "save it as UTF-8 CSV "
+            "(in Excel: 'CSV UTF-8')", line=raw[:exc.start].count(b"\n") + 1)
+        return None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header: list[str] | None = None
+    rows, lines, end, header_line = [], [], 0, 1
+    try:
+        for record in reader:
+            start, end = end + 1, reader.line_num
+            if not any(cell.strip() for cell in record):
+                continue
+            if header is None:
+                header, header_line = [cell.strip() for cell in record], start
+            else:
+                rows.append([cell.strip() or None for cell in record])
+                lines.append(start)
+    except csv.Error as exc:
+        add("error", "manifest_syntax", f"the CSV cannot be parsed: {exc}",
+            "check the quoting on this line", line=reader.line_num)
+        return None
+    assert header is not None  # the file has a non-blank record
+    keep = _check_header(header, rows, scope, header_line)
+    if keep is None:
+        return None
+    width, well_formed = len(header), []
+    for line, row in zip(lines, rows, strict=True):
+        if len(row) > width and not any(row[width:]):
+            del row[width:]  # trailing empty cells (e.g. commas added by a spreadsheet)
+        if len(row) == width:
+            well_formed.append((line, row))
+        else:  # its cells cannot be trusted, so it is reported once, not checked further
+            add("error", "field_count",
+                f"this row has {len(row)} fields but the header has {width}",
+                "check the quoting (an unclosed \" swallows the rest of the row), quote values "
+                "that contain commas, fill in or remove cells", line=line)
+    frame = pd.DataFrame([r for _, r in well_formed], columns=header, dtype="str",
+                         index=pd.Index([n for n, _ in well_formed], name="line", dtype="int64"))
+    frame = frame[[header[i] for i in keep]]
+    if not rows:
+        add("error", "manifest_no_rows", "the manifest has a header but no rows",
+            "add one row per patch below the header", line=header_line)
+        return None
+    if "path" in frame:  # "a/./b.png" and "a/b.png" are one file: compare normalized paths
+        safe = is_safe_path(frame["path"])
+        frame.loc[safe, "path"] = [posixpath.normpath(p) for p in frame.loc[safe, "path"]]
+    return frame
+
+
+def _check_header(header: list[str], rows: list[list[Any]], scope: Scope,
+                  line: int) -> list[int] | None:
+    """Indices of the columns to keep; None when the header is unusable (reported in `scope`)."""
+    keep, usable = [], True
+    for name, count in Counter(header).items():
+        if count > 1 and name:
+            scope.add("error", "column_duplicate", f"column '{name}' appears {count} times in the "
+                      "header", "rename or remove the duplicates", line=line, column=name)
+            usable = False
+    for i, name in enumerate(header):
+        if name:
+            keep.append(i)
+        elif any(len(r) > i and r[i] for r in rows):
+            scope.add("error", "column_unnamed", f"column {i + 1} has no name but holds values",
+                      "give it a name in the header or delete it", line=line)
+            usable = False
+    lower = {name.lower(): name for name in header if name}
+    if len(header) == 1 and (sep := next((c for c in ";\t|" if c in header[0]), None)):
+        scope.add("error", "manifest_separator", f"the header is one column; the file seems to use "
+                  f"{sep!r} as separator", "save the manifest as comma-separated CSV", line=line)
+        return None
+    for name in REQUIRED_COLUMNS:
+        if name not in header:
+            close = lower.get(name) or next(iter(difflib.get_close_matches(name, lower, 1)), None)
+            hint = f"rename column '{lower.get(close, close)}' to '{name}'" if close else (
+                f"add the column; {FIX_HEADER} (found: {', '.join(h for h in header if h)})")
+            scope.add("error", "column_missing", f"required column '{name}' is missing", hint,
+                      line=line, column=name)
+    return keep if usable else None
+
+
+_ESCAPE_HINT = ("write the path from the data root down, without '..'; point the data root higher "
+                "if the file lives elsewhere")
+_LABEL_HINT = "use a class index (0..{k}) or one of the names {names} (data.classes / --classes)"
+_SCHEMA_RULES = {  # pandera check -> (rule, message, hint); {value} is the failing cell
+    "not_nullable": ("empty_value", "the cell is empty", "fill in a {column} for every row"),
+    "path_absolute": ("path_absolute", "the path '{value}' is absolute",
+                      "write paths relative to the data root '{root}'"),
+    "path_parent": ("path_escapes_root", "the path '{value}' contains '..', it may leave the root",
+                    _ESCAPE_HINT),
+    "path_backslash": ("path_backslash", "the path '{value}' contains a backslash",
+                       "use '/' as the folder separator"),
+    "label_domain": ("label_unknown", "label '{value}' is not a declared class", _LABEL_HINT),
+}
+
+
+def schema_problems(frame: pd.DataFrame, scope: Scope, classes: tuple[str, ...]) -> None:
+    """Run the manifest schema (lazy: all failures) and turn each failure into a Problem."""
+    try:
+        manifest_schema(classes).validate(frame, lazy=True)
+        return
+    except pa.errors.SchemaErrors as exc:
+        cases = exc.failure_cases
+    root = scope.cohort.data_root.as_posix()
+    names = ", ".join(repr(c) for c in classes)
+    for case in cases.itertuples(index=False):
+        column, check, value, line = case.column, case.check, case.failure_case, case.index
+        file = frame.at[line, "path"] if "path" in frame and line_number(line) else None
+        file = None if pd.isna(file) else file
+        if check == "column_in_dataframe":
+            continue  # reported by _check_header, with a hint
+        if check == "field_uniqueness":
+            same = frame.index[frame[column] == value]
+            if line_number(line) != int(same.min()):
+                scope.add("error", "duplicate_path", f"the path is listed more than once (lines "
+                          f"{list_lines(same)})", "list every patch once; delete the repeated rows",
+                          line, column, file)
+            continue
+        rule, message, hint = _SCHEMA_RULES.get(
+            check, (check, f"value '{value}' fails check {check}", "correct the value"))
+        fmt = {"value": value, "column": column, "root": root, "k": len(classes) - 1,
+               "names": names}
+        scope.add("error", rule, message.format(**fmt), hint.format(**fmt), line, column, file)

@@ -1,0 +1,70 @@
+"""The readable form of a validation report (what `pathtrail validate` and the validate stage print)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from pathtrail.data.manifests import Problem
+
+WARNINGS_SHOWN_PER_RULE = 20
+
+
+def format_problems(problems: list[dict[str, Any]], per_rule: int | None = None) -> list[str]:
+    """One readable entry per problem; with `per_rule`, at most that many of each rule."""
+    shown: Counter[str] = Counter()
+    lines, hidden = [], Counter()
+    for p in problems:
+        shown[p["rule"]] += 1
+        if per_rule is not None and shown[p["rule"]] > per_rule:
+            hidden[p["rule"]] += 1
+            continue
+        lines.append("  " + Problem(**p).format())
+    lines += [f"  ... and {n} more '{rule}' (all are in the JSON report: --json)"
+              for rule, n in sorted(hidden.items())]
+    return lines
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The readable form of a validation report (the JSON's content, warnings capped per rule)."""
+    rules = report["rules"]
+    status = "FAILED" if report["status"] == "failed" else "OK"
+    size = rules["patch_size"]
+    size_text = f"{size}x{size} ({rules['size_policy']})" if size else "one size for all"
+    out = [
+        (f"PathTrail data validation: {status} ({_count(report['n_errors'], 'error')}, "
+        f"{_count(report['n_warnings'], 'warning')})"),
+        "rules: classes " + ", ".join(f"{i}={c}" for i, c in enumerate(rules["classes"]))
+        + f"; patch size {size_text}; mode {rules['mode_policy']}; tissue >= "
+        f"{rules['min_tissue_fraction']} ({rules['tissue_policy']}); min_per_class "
+        f"{rules['min_per_class']}",
+    ]
+    for name, c in report["cohorts"].items():
+        out.append("")
+        if c is None:
+            out.append(f"{name}: not readable (see errors)")
+            continue
+        out.append(f"{name}: {c['manifest']} (data root {c['data_root']})")
+        out.append(f"  {c['rows']} patches, {c['patients']} patients, {c['slides']} slides")
+        out.append("  classes: " + ", ".join(f"{k} {v}" for k, v in c["classes"].items()))
+        out += [f"  site {site}: " + ", ".join(f"{k} {v}" for k, v in row.items())
+                for site, row in c["site_class"].items()]
+        for col, d in c["extra_columns"].items():
+            values = d.get("values")
+            listed = ": " + ", ".join(f"{k} {v}" for k, v in values.items()) if values else ""
+            out.append(f"  extra column '{col}' (kept): {d['distinct']} distinct{listed}")
+        images = ", ".join(f"{k} {v}" for k, v in {**c["image_modes"], **c["image_sizes"]}.items())
+        tissue = c["tissue_fraction"]
+        if images:
+            out.append(f"  images: {images}" + (f"; tissue fraction min {tissue['min']}, median "
+                                                 f"{tissue['median']}" if tissue else ""))
+    if report["errors"]:
+        out += ["", f"ERRORS ({report['n_errors']}):", *format_problems(report["errors"])]
+    if report["warnings"]:
+        out += ["", f"WARNINGS ({report['n_warnings']}):",
+                *format_problems(report["warnings"], WARNINGS_SHOWN_PER_RULE)]
+    return "\n".join(out) + "\n"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")

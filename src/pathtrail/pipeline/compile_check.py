@@ -1,0 +1,120 @@
+"""compile_check: train in the other mode (eager vs torch.compile) and compare.
+
+The train stage's result is reused for its own mode. In `profile=production` with
+`train.use_compile=true` a failed comparison fails the pipeline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from pathtrail.config.loading import parse_section
+from pathtrail.config.sections import CompileCheckParams, ProfileParams
+from pathtrail.core import figures
+from pathtrail.core.errors import PathTrailError
+from pathtrail.core.files import read_table, write_csv, write_json
+from pathtrail.pipeline.stagekit import get_logger, path_option
+from pathtrail.provenance import audit
+from pathtrail.train.compile_gate import RunOutcome, compare
+from pathtrail.train.inputs import TrainingInputs, load_training_inputs, score_loader
+from pathtrail.train.loop import fit
+from pathtrail.train.model_file import load_model_file
+from pathtrail.train.models import build_model
+from pathtrail.train.scoring import predict
+
+
+@dataclass(frozen=True)
+class Paths:
+    store: str = path_option("data/store")
+    split: str = path_option("data/split")
+    external: str = path_option("data/validated/external.csv")
+    model: str = path_option("models/model.pt")
+    val_probs: str = path_option("models/val_probs.csv")
+    train_steps: str = path_option("plots/train/steps.csv")
+    out: str = path_option("metrics/compile_check.json")
+    curves: str = path_option("plots/compile_check/loss.csv")
+    figure: str = path_option("reports/figures/compile_check_loss.png")
+
+
+def run(params: Mapping[str, Any], paths: Paths, *, trail: str | None = None) -> dict[str, Any]:
+    """Write the comparison report, loss curves and figure; returns the report."""
+    check = parse_section(params, "compile_check", CompileCheckParams)
+    profile = parse_section(params, "profile", ProfileParams)
+    inp = load_training_inputs(params, paths.store, paths.split)
+    section = {k: params[k] for k in ("compile_check", "train", "profile")}
+    inputs = [paths.store, paths.split, paths.model, paths.val_probs, paths.train_steps]
+    with audit.stage("compile_check", inputs=inputs, params=section, trail=trail) as rec:
+        report = {"enabled": check.enabled, "use_compile": inp.train.use_compile,
+                  "compile_mode": inp.train.compile_mode, "backend": "inductor",
+                  "torch_version": str(torch.__version__), "fallback_random": check.fallback_random,
+                  "deterministic": inp.train.deterministic, "amp": inp.train.amp, "allow_tf32": inp.train.allow_tf32}
+        curves = pd.DataFrame(columns=["step", "eager", "compiled"])
+        if not check.enabled:
+            report |= {"status": "skipped", "passed": None}
+        else:
+            found, curves = compare_modes(inp, check, paths)
+            report |= found
+        figures.line_plot({"eager": (curves.step, curves.eager), "compiled": (curves.step, curves.compiled)},
+                          paths.figure, title=f"Training loss per step: eager vs compiled ({report['status']})",
+                          xlabel="step", ylabel="loss")
+        write_csv(curves, paths.curves)
+        write_json(report, paths.out)
+        rec.note(status=report["status"], auroc_delta=report.get("auroc_delta"))
+        rec.outputs(paths.out, paths.curves, paths.figure)
+        get_logger().info("compile_check.done", status=report["status"], auroc_delta=report.get("auroc_delta"))
+        if report["status"] == "failed" and profile.name == "production" and inp.train.use_compile:
+            raise PathTrailError(
+                "compile validation FAILED, and profile=production uses the compiled model:\n  - "
+                + "\n  - ".join(report["failures"])
+                + f"\nDetails: {paths.out}. Set train.use_compile=false or investigate the compiled path."
+            )
+    return report
+
+
+def compare_modes(inp: TrainingInputs, check: CompileCheckParams,
+                  paths: Paths) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Train in the mode the train stage did not use and compare; (report fields, loss curves)."""
+    curves = pd.DataFrame(columns=["step", "eager", "compiled"])
+    # The mode the train stage really ran in (compile may have fallen back to eager).
+    own_model = load_model_file(paths.model)
+    train_mode_compiled = bool(own_model["metadata"].get("compile", {}).get("used", False))
+    own = RunOutcome(read_table(paths.train_steps)["loss"].to_numpy(),
+                     read_table(paths.val_probs).filter(like="prob_").to_numpy())
+    other = fit(inp.store, inp.splits["train"], inp.splits["val"], inp.train, inp.model, inp.data,
+                num_classes=len(inp.data.classes), fingerprint=inp.fingerprint,
+                use_compile=not train_mode_compiled, fallback_random=check.fallback_random)
+    compiled_info = other.compile if not train_mode_compiled else {"used": True}
+    if not compiled_info.get("used"):
+        return {"status": "not_available", "passed": None, "error": compiled_info.get("error")}, curves
+    other_run = RunOutcome(np.array([s["loss"] for s in other.steps]), other.val_probs)
+    eager, compiled = (own, other_run) if not train_mode_compiled else (other_run, own)
+    ext = read_table(paths.external) if paths.external and Path(paths.external).is_file() else None
+    if ext is not None and len(ext):
+        states = {train_mode_compiled: own_model["state_dict"], not train_mode_compiled: other.state_dict}
+        eager.external_probs = external_probs(states[False], inp, ext, compiled=False)
+        compiled.external_probs = external_probs(states[True], inp, ext, compiled=True)
+    labels = inp.splits["val"].labels
+    found = compare(eager, compiled, labels, inp.tables["val"].patient_id.to_numpy(), check, inp.train.seed)
+    found["status"] = "passed" if found["passed"] else "failed"
+    n = found["loss_steps_compared"]
+    curves = pd.DataFrame({"step": np.arange(n), "eager": np.round(eager.losses[:n], 8),
+                           "compiled": np.round(compiled.losses[:n], 8)})
+    return found, curves
+
+
+def external_probs(state_dict: dict[str, torch.Tensor], inp: TrainingInputs, table: pd.DataFrame,
+                   compiled: bool) -> np.ndarray:
+    """Score the external cohort with one mode's trained weights, in that mode."""
+    model = build_model(inp.model.arch, len(inp.data.classes), inp.model.width, inp.model.dropout)
+    model.load_state_dict(state_dict)
+    if compiled:
+        model = torch.compile(model, mode=inp.train.compile_mode)
+    loader = score_loader(inp.store, table, inp.data, inp.train.batch_size * 2, inp.train.seed)
+    return predict(model, loader, None, torch.device("cpu"))[0]

@@ -1,0 +1,106 @@
+"""evaluate: internal test split, external cohort and each site, with patient-clustered CIs.
+
+The operating threshold is chosen on the internal validation split and locked (logged and
+noted for the audit trail's end entry) before the test split or the external cohort is read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from pathtrail.config.loading import parse_section
+from pathtrail.config.sections import DataParams, EvalParams
+from pathtrail.core.files import read_table, write_csv, write_json
+from pathtrail.data.store import PatchStore, open_store
+from pathtrail.evaluation.plots import cohort_plots
+from pathtrail.evaluation.report import Cohort, choose_threshold, domain_shift, evaluate_cohort
+from pathtrail.pipeline.stagekit import get_logger, path_option
+from pathtrail.provenance import audit
+from pathtrail.train.inputs import probability_table, score_loader
+from pathtrail.train.model_file import read_model
+from pathtrail.train.scoring import predict
+
+
+@dataclass(frozen=True)
+class Paths:
+    model: str = path_option("models/model.pt")
+    store: str = path_option("data/store")
+    split: str = path_option("data/split")
+    external: str = path_option("data/validated/external.csv")
+    metrics: str = path_option("metrics/eval.json")
+    predictions: str = path_option("predictions")
+    plots: str = path_option("plots/eval")
+    figures: str = path_option("reports/figures/eval")
+
+
+def score(model: torch.nn.Module, store: PatchStore, table: pd.DataFrame, data: DataParams,
+          seed: int) -> np.ndarray:
+    return predict(model, score_loader(store, table, data, 256, seed), None, torch.device("cpu"))[0]
+
+
+def positive(probs: np.ndarray) -> np.ndarray:
+    """Binary problems are scored on the positive-class column; K classes keep the matrix."""
+    return probs[:, 1] if probs.shape[1] == 2 else probs
+
+
+def run(params: Mapping[str, Any], paths: Paths, *, trail: str | None = None) -> dict[str, Any]:
+    """Score and evaluate every cohort; write metrics, predictions and plots; returns the metrics."""
+    ev, data = parse_section(params, "eval", EvalParams), parse_section(params, "data", DataParams)
+    split, plots, figs = Path(paths.split), Path(paths.plots), Path(paths.figures)
+    log = get_logger()
+    with audit.stage("evaluate", inputs=[paths.model, paths.store, split, paths.external],
+                     params={"eval": params["eval"]}, trail=trail) as rec:
+        model, meta = read_model(paths.model)
+        store = open_store(paths.store)
+        val = read_table(split / "val.csv")
+        val_probs = score(model, store, val, data, ev.seed)
+        threshold = (choose_threshold(val.label, positive(val_probs), ev.threshold_rule, ev.target_sensitivity,
+                                      ev.fixed_threshold) if val_probs.shape[1] == 2 else None)
+        rec.note(threshold=threshold, threshold_rule=ev.threshold_rule)
+        log.info("evaluate.threshold_locked", threshold=threshold, rule=ev.threshold_rule, n_val=len(val))
+        # Only now are the test split and the external cohort read.
+        cohorts = {"internal_test": read_table(split / "test.csv")}
+        if paths.external and Path(paths.external).is_file():
+            cohorts["external"] = read_table(paths.external)
+        results: dict = {"threshold": threshold, "threshold_rule": ev.threshold_rule,
+                         "classes": meta["classes"], "n_bootstrap": ev.n_bootstrap}
+        scored = {}
+        for name, table in cohorts.items():
+            probs = score(model, store, table, data, ev.seed)
+            scored[name] = (table, probs)
+            write_csv(probability_table(table, probs, meta["classes"]), Path(paths.predictions) / f"{name}.csv")
+            results[name] = evaluate_cohort(table.label, positive(probs), table.patient_id, threshold,
+                                            n_bootstrap=ev.n_bootstrap, seed=ev.seed, ece_bins=ev.ece_bins,
+                                            slide_ids=table.slide_id)
+            cohort_plots(name, table, probs, threshold, ev, plots, figs, store)
+        results |= site_and_shift_metrics(scored, meta["classes"], threshold, ev)
+        write_json(results, paths.metrics)
+        rec.outputs(paths.metrics, paths.predictions, plots, figs)
+    log.info("evaluate.done", **{n: results[n].get("auroc") for n in cohorts})
+    return results
+
+
+def site_and_shift_metrics(scored: dict[str, tuple[pd.DataFrame, np.ndarray]], classes: list[str],
+                           threshold: float | None, ev: EvalParams) -> dict[str, Any]:
+    """`per_site` over every scored cohort, and `domain_shift` (internal test vs external)."""
+    prob_cols = [f"prob_{c}" for c in classes]
+    scored_all = pd.concat([probability_table(t, p, classes) for t, p in scored.values()])
+    out: dict[str, Any] = {"per_site": {
+        site: evaluate_cohort(part.label, positive(part[prob_cols].to_numpy()), part.patient_id, threshold,
+                              n_bootstrap=ev.n_bootstrap, seed=ev.seed, ece_bins=ev.ece_bins)
+        for site, part in scored_all.groupby("site", sort=True)
+    }}
+    if "external" in scored:
+        (ti, pi), (te, pe) = scored["internal_test"], scored["external"]
+        out["domain_shift"] = domain_shift(
+            Cohort(ti.label.to_numpy(), positive(pi), ti.patient_id.to_numpy()),
+            Cohort(te.label.to_numpy(), positive(pe), te.patient_id.to_numpy()),
+            threshold, n_bootstrap=ev.n_bootstrap, seed=ev.seed)
+    return out

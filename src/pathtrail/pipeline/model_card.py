@@ -1,0 +1,130 @@
+"""model_card: the model card (Markdown + JSON + figures) from every pipeline output.
+
+Also reads, without declaring them as DVC deps (they change whenever any stage runs, the card's own
+included): dvc.lock, the audit trail's head, git state and the software environment.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pathtrail.card.build import (
+    CardInputs,
+    build_card,
+    card_chain_head,
+    manifest_hashes,
+    read_epochs,
+)
+from pathtrail.config.loading import parse_section
+from pathtrail.config.sections import CardParams
+from pathtrail.core import figures
+from pathtrail.core.errors import PathTrailError
+from pathtrail.core.files import atomic_dir, read_json, write_json, write_text
+from pathtrail.core.hashing import sha256_path
+from pathtrail.pipeline.stagekit import get_logger, path_option
+from pathtrail.provenance import audit, environment
+
+REQUIRED = ("model", "stain_reference", "train_metrics", "compile_check", "eval_metrics", "validation",
+            "split_report", "normalization", "epochs")
+
+
+@dataclass(frozen=True)
+class Paths:
+    model: str = path_option("models/model.pt")
+    stain_reference: str = path_option("models/stain_reference.json")
+    train_metrics: str = path_option("metrics/train.json")
+    compile_check: str = path_option("metrics/compile_check.json")
+    eval_metrics: str = path_option("metrics/eval.json")
+    validation: str = path_option("reports/validation.json")
+    split_report: str = path_option("reports/split.json")
+    normalization: str = path_option("reports/normalization.json")
+    epochs: str = path_option("plots/train/epochs.csv")
+    figures: str = path_option("reports/figures", "stain, compile-check and eval/ figures")
+    dvc_lock: str = path_option("dvc.lock")
+    out_dir: str = path_option("model_cards")
+
+
+def run(params: Mapping[str, Any], paths: Paths, *, trail: str | None = None,
+        params_file: str = "params.yaml") -> dict[str, Any]:
+    """Build and write the card; returns the card JSON. `params_file` is hashed as an input."""
+    card_params = parse_section(params, "card", CardParams)
+    needed = [getattr(paths, k) for k in REQUIRED] + [card_params.intended_use]
+    missing = [p for p in needed if not Path(p).is_file()]
+    if missing:
+        raise PathTrailError(
+            "the model card needs these pipeline outputs, which are missing:\n  - "
+            + "\n  - ".join(missing)
+            + "\nRun `dvc repro` (or the stages that write them) first."
+        )
+    entries = audit.read_entries(audit.trail_path(trail))
+    out = Path(paths.out_dir)
+    md_path, json_path = out / f"{card_params.name}.md", out / f"{card_params.name}.json"
+    with audit.stage("model_card", inputs=[*needed, paths.figures, paths.dvc_lock], params=dict(params),
+                     trail=trail) as rec:
+        epochs = read_epochs(paths.epochs)
+        with atomic_dir(out / "figures") as tmp:
+            figure_hashes = collect_figures(paths, epochs, tmp)
+        inputs = read_inputs(paths, params, card_params, epochs, figure_hashes, entries, trail, params_file)
+        card, markdown = build_card(inputs)
+        write_text(markdown, md_path)
+        write_json(card, json_path)
+        rec.note(chain_head=card["audit"]["chain_head"], release_status=card["release_status"],
+                 release_reasons=card["release_reasons"])
+        rec.outputs(md_path, json_path, out / "figures")
+    get_logger().info("model_card.done", card=md_path.as_posix(), release_status=card["release_status"])
+    return card
+
+
+def collect_figures(paths: Paths, epochs: list[dict[str, Any]], folder: Path) -> dict[str, str]:
+    """Draw the training curves, copy the pipeline's PNGs; {path relative to the card: sha256}."""
+    x = [r["epoch"] for r in epochs]
+    series = {k: (x, [r.get(k) for r in epochs])
+              for k in ("train_loss", "val_loss", "val_auroc") if epochs and k in epochs[0]}
+    figures.line_plot(series, folder / "training_curves.png", title="Training curves", xlabel="epoch",
+                      ylabel="value")
+    source = Path(paths.figures)
+    for png in sorted(source.glob("*.png")) + sorted(source.glob("eval/*.png")):
+        target = folder / png.relative_to(source)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(png, target)
+    return {f"figures/{p.relative_to(folder).as_posix()}": sha256_path(p) for p in sorted(folder.rglob("*.png"))}
+
+
+def read_inputs(paths: Paths, params: Mapping[str, Any], card: CardParams, epochs: list[dict[str, Any]],
+                figure_hashes: dict[str, str], entries: list[dict[str, Any]], trail: str | None,
+                params_file: str) -> CardInputs:
+    validation = read_json(paths.validation)
+    lock_path = Path(paths.dvc_lock)
+    lock = yaml.safe_load(lock_path.read_text(encoding="utf-8")) if lock_path.is_file() else None
+    files = [*(getattr(paths, k) for k in REQUIRED), card.intended_use, params_file]
+    env = environment.environment() | {
+        "env": {k: os.environ.get(k) for k in ("CUBLAS_WORKSPACE_CONFIG", "PYTHONHASHSEED")}
+    }
+    return CardInputs(
+        params=dict(params),
+        intended_use=Path(card.intended_use).read_text(encoding="utf-8"),
+        train_metrics=read_json(paths.train_metrics),
+        compile_check=read_json(paths.compile_check),
+        eval_metrics=read_json(paths.eval_metrics),
+        validation=validation,
+        split=read_json(paths.split_report),
+        normalization=read_json(paths.normalization),
+        stain_reference_sha256=read_json(paths.stain_reference).get("reference_sha256"),
+        model_sha256=sha256_path(paths.model),
+        epochs=epochs,
+        figures=figure_hashes,
+        input_hashes={Path(f).as_posix(): sha256_path(f) for f in files},
+        dvc_lock=lock,
+        manifests=manifest_hashes(validation, entries),
+        chain_head=card_chain_head(entries, audit.GENESIS),
+        trail=audit.trail_path(trail).as_posix(),
+        git=environment.git_state().as_dict(),
+        environment=env,
+    )

@@ -1,0 +1,129 @@
+"""What every stage entry point shares: common options, logging setup, and clean user errors."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import inspect
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any, TypeVar
+
+import structlog
+
+from pathtrail.config.loading import read_params
+from pathtrail.core.errors import PathTrailError
+from pathtrail.core.logs import configure
+
+T = TypeVar("T")
+
+
+def stage_parser(name: str, description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"python -m stages.{name}", description=description)
+    p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    p.add_argument("--trail", default=None, help="audit trail (default: audit/trail.jsonl)")
+    p.add_argument("--log-file", default=f"logs/{name}.jsonl", help="JSON-lines log file")
+    return p
+
+
+def path_option(default: str, help: str | None = None) -> Any:
+    """A field of a stage's `Paths` dataclass: its default, and its `--option` help text."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+def parse_stage_args(name: str, description: str | None, paths_cls: type[T],
+                     argv: list[str] | None) -> tuple[argparse.Namespace, T]:
+    """The common options plus one `--option` per field of `paths_cls`; (options, paths)."""
+    p = stage_parser(name, description or "")
+    for f in dataclasses.fields(paths_cls):  # type: ignore[arg-type]
+        help_text = f.metadata.get("help")
+        p.add_argument("--" + f.name.replace("_", "-"), default=f.default,
+                       help=f"{help_text} (default: {f.default})" if help_text else f"default: {f.default}")
+    args = p.parse_args(argv)
+    return args, paths_cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(paths_cls)})
+
+
+def stage_main(name: str, module: ModuleType) -> Callable[[list[str] | None], None]:
+    """The `main(argv)` of `stages/<name>.py`: parse `module.Paths`, call `module.run`.
+
+    `run` also gets `relaunch_argv` (the stage's own arguments, for a torchrun relaunch) and
+    `params_file` (the `--params` path) when it takes them.
+    """
+
+    @entrypoint(name)
+    def main(argv: list[str] | None = None) -> None:
+        args, paths = parse_stage_args(name, module.__doc__, module.Paths, argv)
+        accepted = inspect.signature(module.run).parameters
+        extra: dict[str, Any] = {}
+        if "relaunch_argv" in accepted:
+            extra["relaunch_argv"] = sys.argv[1:] if argv is None else list(argv)
+        if "params_file" in accepted:
+            extra["params_file"] = args.params
+        module.run(stage_params(args), paths, trail=args.trail, **extra)
+
+    return main
+
+
+def stage_params(args: argparse.Namespace) -> dict[str, Any]:
+    """The whole params file the stage was pointed at (`--params`)."""
+    return read_params(args.params)
+
+
+def entrypoint(name: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Wrap a stage's `main(argv)`: set up logging; turn a PathTrailError into a clean exit 1.
+
+    SIGTERM is handled like Ctrl-C for the whole stage (setup included), so a stopped stage records
+    its failure in the audit trail; the training loop installs its own handler to checkpoint first.
+    """
+
+    def wrap(fn: Callable[..., None]) -> Callable[..., None]:
+        @functools.wraps(fn)
+        def main(argv: list[str] | None = None) -> None:
+            log_file = _log_file(argv, name)
+            log = configure(log_file, stage=name)
+            previous = _term_as_interrupt()
+            try:
+                fn(argv)
+            except PathTrailError as exc:
+                log.error(f"{name}.failed", error=str(exc))
+                print(f"\nERROR in stage '{name}':\n{exc}", file=sys.stderr)
+                raise SystemExit(1) from None
+            except KeyboardInterrupt:
+                log.error(f"{name}.interrupted")
+                raise SystemExit(130) from None
+            finally:
+                if previous is not None:
+                    signal.signal(signal.SIGTERM, previous)
+
+        return main
+
+    return wrap
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _term_as_interrupt() -> Any:
+    """Make SIGTERM raise KeyboardInterrupt (main thread only); returns the previous handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_interrupt)
+
+
+def _log_file(argv: list[str] | None, name: str) -> Path:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--log-file" in args:
+        i = args.index("--log-file")
+        if i + 1 < len(args):
+            return Path(args[i + 1])
+    return Path("logs") / f"{name}.jsonl"
+
+
+def get_logger() -> Any:
+    return structlog.get_logger("pathtrail")

@@ -1,0 +1,104 @@
+"""train: fit the model on the normalized store with seeded, resumable training.
+
+With `train.distributed.nproc_per_node > 1` it relaunches the stage under torchrun (DDP on this
+node); started by torchrun itself (e.g. multi-node, `torchrun --nnodes 2 ... -m stages.train`) it
+joins that run instead. Only rank 0 writes outputs, the checkpoint and the audit entries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+import torch
+
+from pathtrail.config.loading import parse_section
+from pathtrail.config.sections import TrainParams
+from pathtrail.core.errors import PathTrailError
+from pathtrail.core.files import read_json, write_csv, write_json
+from pathtrail.core.hashing import digest
+from pathtrail.pipeline.stagekit import get_logger, path_option
+from pathtrail.provenance import audit
+from pathtrail.train import distributed as D
+from pathtrail.train.curves import epoch_table, monitor, step_table, train_metrics
+from pathtrail.train.inputs import load_training_inputs, probability_table
+from pathtrail.train.loop import FitResult, fit
+from pathtrail.train.model_file import write_model
+
+STAGE_MODULE = "stages.train"  # what torchrun runs in each worker
+
+
+@dataclass(frozen=True)
+class Paths:
+    store: str = path_option("data/store")
+    split: str = path_option("data/split")
+    reference: str = path_option("models/stain_reference.json")
+    model_out: str = path_option("models/model.pt")
+    val_probs: str = path_option("models/val_probs.csv")
+    metrics: str = path_option("metrics/train.json")
+    curves: str = path_option("plots/train", "folder for epochs.csv and steps.csv")
+    checkpoint: str = path_option("checkpoints/train/last.pt", "resumable; removed when done")
+
+
+def run(params: Mapping[str, Any], paths: Paths, *, trail: str | None = None,
+        relaunch_argv: Sequence[str] = ()) -> FitResult | None:
+    """Train (this process, or N under torchrun); returns rank 0's result, None after a relaunch."""
+    nproc = parse_section(params, "train", TrainParams).distributed.nproc_per_node  # checked before any launch
+    if D.should_relaunch(nproc):
+        get_logger().info("train.relaunch", nproc_per_node=nproc)
+        code = D.relaunch(STAGE_MODULE, list(relaunch_argv), nproc)
+        if code != 0:
+            raise PathTrailError(
+                f"distributed training ({nproc} processes under torchrun) exited with code {code}; the "
+                "workers' errors are above. A checkpoint, if one was saved, is resumed by the next run."
+            )
+        return None
+    world = D.launched_world() or D.SINGLE
+    device = D.device_for(world)
+    if world.distributed:
+        structlog.contextvars.bind_contextvars(rank=world.rank, world_size=world.size)
+        get_logger().info("train.worker", local_rank=world.local_rank, device=str(device),
+                          backend=D.backend_for(device))
+    with D.process_group(world, device):
+        return train_here(params, paths, world, device, trail)
+
+
+def train_here(params: Mapping[str, Any], paths: Paths, world: D.World, device: torch.device,
+               trail: str | None) -> FitResult:
+    inp = load_training_inputs(params, paths.store, paths.split)
+    section = {k: params[k] for k in ("data", "model", "train")}
+    checkpoint = Path(paths.checkpoint)
+    curves = Path(paths.curves)
+    recording = (audit.stage("train", inputs=[paths.store, paths.split, paths.reference], params=section,
+                             trail=trail)
+                 if world.is_main else contextlib.nullcontext(audit.StageRecord()))
+    with recording as rec:
+        result = fit(inp.store, inp.splits["train"], inp.splits["val"], inp.train, inp.model, inp.data,
+                     num_classes=len(inp.data.classes), fingerprint=inp.fingerprint, checkpoint=checkpoint,
+                     device=device, world=world)
+        if not world.is_main:
+            return result
+        metadata = {
+            "arch": inp.model.arch, "width": inp.model.width, "dropout": inp.model.dropout,
+            "classes": inp.data.classes, "num_classes": len(inp.data.classes),
+            "stain_reference_sha256": read_json(paths.reference).get("reference_sha256"),
+            "params_sha256": digest(section), "best_epoch": result.best_epoch,
+            "compile": result.compile, "torch_version": str(torch.__version__),
+            "local_weights_sha256": result.weights_sha256,
+            "gradient_checkpointing": inp.model.gradient_checkpointing, "world_size": result.world_size,
+        }
+        write_model(result.state_dict, metadata, paths.model_out)
+        write_csv(probability_table(inp.tables["val"], result.val_probs, inp.data.classes), paths.val_probs)
+        write_json(train_metrics(result), paths.metrics)
+        write_csv(epoch_table(result.history), curves / "epochs.csv")
+        write_csv(step_table(result.steps), curves / "steps.csv")
+        rec.note(best_epoch=result.best_epoch, best_val_auroc=result.best_val_auroc, resumed_from=result.resumed_from,
+                 monitor=monitor(result.history), throughput=result.monitor, world_size=result.world_size)
+        rec.outputs(paths.model_out, paths.val_probs, paths.metrics, curves)
+    checkpoint.unlink(missing_ok=True)  # a finished run leaves nothing a later forced run could resume
+    get_logger().info("train.done", best_epoch=result.best_epoch, best_val_auroc=result.best_val_auroc)
+    return result

@@ -1,0 +1,380 @@
+"""Batched, robust Macenko stain normalization (torch; the same code runs on CPU and CUDA).
+
+Numerically it follows torchstain's torch backend (Macenko et al., ISBI 2009): optical density
+OD = -ln((I + 1) / io); tissue pixels have every channel OD >= beta; the two stain vectors are the
+alpha / (100 - alpha) nearest-rank percentile angles in the plane of the two largest eigenvectors of
+the tissue OD covariance (the one with the larger red component is hematoxylin); concentrations come
+from least squares over all pixels and are rescaled by 99th-percentile maxima. Each patch is mapped
+by one linear map in OD space, ``io * exp(-(ref_stains @ diag(ref_max / max) @ unmix) @ OD)``.
+
+Where torchstain raises or renders background purple (blank patches, <= 1 % tissue, flat colour,
+single-colour pen ink; ink with sensor noise passes as two stains and is not caught), a patch whose
+estimate is unusable falls back to the reference ("reference": the reference stains stand in for
+the patch's own), is returned unchanged ("passthrough"), or uses its slide's estimate ("slide": one
+estimate from the pooled pixels of the slide's patches in the batch, as `normalize_slide` makes it;
+the reference's if that is unusable too); `last_stats` counts fallbacks ("fallback": all of them,
+"fallback_slide": those that used their slide's estimate).
+
+Patches are independent: on CPU a patch gives the same bits alone or inside any batch, in any
+chunking. The one exception is by design: under fallback="slide" a patch that falls back depends on
+the other patches of its slide (and their order in the batch), never on other slides' patches nor
+on the chunking; a patch with a usable estimate of its own gives the same bits under every
+fallback. On CUDA a chunk holding a single patch sums its moments in another order (CUDA
+reductions split rows when there are few), so a lone patch can differ from the batched one by
+rounding.
+
+A normalizer holds per-call scratch memory; use one instance per thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any
+
+import numpy as np
+import structlog
+import torch
+from torch import Tensor
+
+from pathtrail import __version__
+from pathtrail.stain import ops
+
+log = structlog.get_logger(__name__)
+
+FORMAT_VERSION = 1
+FALLBACKS = ("reference", "passthrough", "slide")
+# torchstain's built-in reference, used until `fit` is called.
+DEFAULT_STAINS = ((0.5626, 0.2159), (0.7201, 0.8012), (0.4062, 0.5581))
+DEFAULT_MAX_CONCENTRATIONS = (1.9705, 1.0308)
+# Per-slide scope and the "slide" fallback: pixels sampled (evenly strided over all of the slide's
+# patches) to estimate the slide's map.
+SLIDE_SAMPLE_PIXELS = 1 << 18
+# `fit` pools at most this many pixels (an evenly strided sample beyond it) to bound its memory.
+FIT_MAX_PIXELS = 1 << 22
+# Chunks are also capped in pixels: a working set past the CPU caches costs more than it saves.
+CHUNK_PIXELS = 1 << 17
+# On a GPU the cap only bounds scratch memory (~200 bytes a pixel, so ~1 GB): 2^17-pixel chunks
+# (two 256x256 patches) left an H200 mostly idle, 27x slower than 2^22 at 256x256.
+GPU_CHUNK_PIXELS = 1 << 22
+
+Array = np.ndarray | Tensor
+
+
+class MacenkoNormalizer:
+    """Macenko normalizer: `fit` a reference, then `normalize` (per patch) or `normalize_slide`."""
+
+    def __init__(self, io: float = 240, alpha: float = 1.0, beta: float = 0.15,
+                 min_tissue_fraction: float = 0.05, fallback: str = "reference",
+                 chunk_size: int = 64) -> None:
+        if not io > 0:
+            raise ValueError(f"io must be > 0, got {io}")
+        if not 0 <= alpha < 50:
+            raise ValueError(f"alpha must be in [0, 50), got {alpha}")
+        if not beta >= 0:
+            raise ValueError(f"beta must be >= 0, got {beta}")
+        if not 0 <= min_tissue_fraction <= 1:
+            raise ValueError(f"min_tissue_fraction must be in [0, 1], got {min_tissue_fraction}")
+        if fallback not in FALLBACKS:
+            raise ValueError(f"fallback must be one of {FALLBACKS}, got {fallback!r}")
+        if int(chunk_size) < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        self.io, self.alpha, self.beta = float(io), float(alpha), float(beta)
+        self.min_tissue_fraction = float(min_tissue_fraction)
+        self.fallback, self.chunk_size = fallback, int(chunk_size)
+        self.stain_matrix = torch.tensor(DEFAULT_STAINS, dtype=torch.float64)  # (3, 2): H, E
+        self.max_concentrations = torch.tensor(DEFAULT_MAX_CONCENTRATIONS, dtype=torch.float64)
+        self.reference_sha256: list[str] = []
+        self.last_stats: dict[str, int] = {"patches": 0, "fallback": 0, "fallback_slide": 0}
+        self._device_cache: dict[torch.device, dict[str, Any]] = {}
+
+    # ----------------------------------------------------------------------------- reference
+    def fit(self, images: Array | Sequence[Array]) -> MacenkoNormalizer:
+        """Fit the reference on one uint8 (H, W, 3) image or on the pooled pixels of several."""
+        items = [images] if _is_array(images) and images.ndim == 3 else list(images)
+        if not items:
+            raise ValueError("fit needs at least one image")
+        tensors = [_as_tensor(img, ndim=3, what="reference image") for img in items]
+        pixels = torch.cat([t.reshape(-1, 3) for t in tensors]).unsqueeze(0)
+        if pixels.shape[1] > FIT_MAX_PIXELS:
+            log.info("stain.fit.sampled", pixels=pixels.shape[1], sample=FIT_MAX_PIXELS)
+            pixels = _strided_sample(pixels, FIT_MAX_PIXELS)
+        est = self._estimate(pixels, ops.Scratch())[1]
+        if not bool(est.valid[0]):
+            raise ValueError(
+                f"the reference has no usable H&E staining (tissue fraction "
+                f"{float(est.tissue_fraction[0]):.3f}, min {self.min_tissue_fraction}): "
+                "fit on patches with tissue")
+        self.stain_matrix = est.stains[0].cpu()
+        self.max_concentrations = est.max_conc[0].cpu()
+        self.reference_sha256 = [_image_sha256(t) for t in tensors]
+        self._device_cache.clear()
+        log.info("stain.fit", images=len(tensors), pixels=pixels.shape[1],
+                 tissue_fraction=round(float(est.tissue_fraction[0]), 4))
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able reference: settings, stain matrix (rows R, G, B; columns H, E), maxima."""
+        return {
+            "version": FORMAT_VERSION,
+            "method": "macenko",
+            "pathtrail_version": __version__,
+            "io": self.io,
+            "alpha": self.alpha,
+            "beta": self.beta,
+            "min_tissue_fraction": self.min_tissue_fraction,
+            "fallback": self.fallback,
+            "chunk_size": self.chunk_size,
+            "stain_matrix": [[float(v) for v in row] for row in self.stain_matrix.tolist()],
+            "max_concentrations": [float(v) for v in self.max_concentrations.tolist()],
+            "reference_sha256": list(self.reference_sha256),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], **overrides: Any) -> MacenkoNormalizer:
+        """Rebuild from `to_dict` output; keys it does not know (e.g. fit_paths) are ignored.
+
+        `overrides` replace the stored min_tissue_fraction / fallback / chunk_size.
+        """
+        missing = [k for k in ("version", "io", "alpha", "beta", "stain_matrix", "max_concentrations")
+                   if k not in d]
+        if missing:
+            raise KeyError(f"stain reference is missing keys {missing}")
+        if d["version"] != FORMAT_VERSION:
+            raise ValueError(f"stain reference version {d['version']} is not {FORMAT_VERSION}")
+        unknown = set(overrides) - {"min_tissue_fraction", "fallback", "chunk_size"}
+        if unknown:
+            raise TypeError(f"unknown overrides {sorted(unknown)}")
+        settings = {k: d[k] for k in ("min_tissue_fraction", "fallback", "chunk_size") if k in d}
+        norm = cls(io=d["io"], alpha=d["alpha"], beta=d["beta"], **{**settings, **overrides})
+        stains = torch.tensor(d["stain_matrix"], dtype=torch.float64)
+        maxima = torch.tensor(d["max_concentrations"], dtype=torch.float64)
+        if stains.shape != (3, 2) or maxima.shape != (2,):
+            raise ValueError("stain_matrix must be 3x2 and max_concentrations of length 2")
+        norm.stain_matrix, norm.max_concentrations = stains, maxima
+        norm.reference_sha256 = [str(h) for h in d.get("reference_sha256", [])]
+        return norm
+
+    # ----------------------------------------------------------------------------- normalize
+    def normalize(self, batch: Array, return_concentrations: bool = False,
+                  slide_ids: Sequence[Hashable] | None = None):
+        """Normalize each patch with its own stain estimate.
+
+        batch: uint8 (N, H, W, 3), numpy or torch; returns the same type, dtype, shape and device.
+        With `return_concentrations`, returns (normalized, H, E), H and E float32 (N, H, W) in the
+        reference's concentration scale.
+        slide_ids: N hashable ids, one per patch, saying which patches share a slide; used by
+        fallback="slide" (None: the whole batch is one slide), length-checked but otherwise
+        ignored by the other fallbacks. A patch that falls back to its slide depends on all of that
+        slide's patches in this batch, so pass whole slides, in a fixed order.
+        """
+        start = time.perf_counter()
+        x = _as_tensor(batch, ndim=4, what="batch")
+        n, height, width, _ = x.shape
+        ids = _slide_id_list(slide_ids, n)
+        flat = x.view(n, height * width, 3)
+        out = torch.empty_like(flat)
+        conc = torch.empty(2, n, height * width, dtype=torch.float32, device=x.device) \
+            if return_concentrations else None
+        slide_maps = self._slide_maps(flat, ids) if self.fallback == "slide" else None
+        fallbacks = from_slide = 0
+        for lo, hi in self._chunks(n, height * width, x.device):
+            bad, bad_slide = self._normalize_chunk(flat[lo:hi], out[lo:hi],
+                                                   None if conc is None else conc[:, lo:hi],
+                                                   slide_maps, lo)
+            fallbacks, from_slide = fallbacks + bad, from_slide + bad_slide
+        self.last_stats = {"patches": n, "fallback": fallbacks, "fallback_slide": from_slide}
+        log.debug("stain.normalize", patches=n, fallback=fallbacks, fallback_slide=from_slide,
+                  seconds=round(time.perf_counter() - start, 4))
+        result = _like(out.view(x.shape), batch)
+        if conc is None:
+            return result
+        planes = conc.view(2, n, height, width)
+        return result, _like(planes[0], batch), _like(planes[1], batch)
+
+    def normalize_slide(self, batch: Array) -> Array:
+        """Per-slide scope: one stain estimate from an evenly strided pixel sample of the whole
+        batch (a slide), then the same fixed map for every patch (faster, and no per-patch
+        variation). Falls back for the whole batch if the slide's estimate is unusable (there is
+        no other slide estimate to use, so fallback="slide" acts as "reference" here)."""
+        start = time.perf_counter()
+        x = _as_tensor(batch, ndim=4, what="batch")
+        n, height, width, _ = x.shape
+        flat = x.view(n, height * width, 3)
+        out = torch.empty_like(flat)
+        cache = self._cache(x.device)
+        est = self._slide_estimate(flat, cache["scratch"])
+        valid = bool(est.valid[0]) and n > 0
+        if valid or self.fallback != "passthrough":
+            unmix = est.unmix if valid else cache["ref_unmix"]
+            max_conc = est.max_conc if valid else cache["ref_max"]
+            od_map = ops.od_map(cache["ref_stains"], cache["ref_max"], unmix, max_conc)
+            tables = ops.channel_tables(od_map, cache["lut"], self.io)[0]
+            rg_table = ops.pair_table(tables)
+            for lo, hi in self._chunks(n, height * width, x.device):
+                planar = ops.to_planar(flat[lo:hi], cache["scratch"])
+                ops.apply_fixed(planar, rg_table, tables[2], out[lo:hi], cache["scratch"])
+        else:
+            out.copy_(flat)
+        self.last_stats = {"patches": n, "fallback": 0 if valid else n, "fallback_slide": 0}
+        log.debug("stain.normalize_slide", patches=n, fallback=self.last_stats["fallback"],
+                  tissue_fraction=round(float(est.tissue_fraction[0]), 4),
+                  seconds=round(time.perf_counter() - start, 4))
+        return _like(out.view(x.shape), batch)
+
+    # ----------------------------------------------------------------------------- internals
+    def _normalize_chunk(self, patches: Tensor, out: Tensor, conc: Tensor | None,
+                         slide_maps: Callable[[int], tuple[Tensor, Tensor] | None] | None = None,
+                         offset: int = 0) -> tuple[int, int]:
+        """Normalize (m, P, 3) uint8 patches into `out`, their (2, m, P) concentrations into
+        `conc` if given. `slide_maps(offset + i)` (fallback="slide") gives the slide estimate's
+        (unmix, max_conc) for the chunk's patch i, or None if it is unusable. Returns (fallbacks,
+        fallbacks that used their slide's estimate)."""
+        cache = self._cache(patches.device)
+        planar, est, od = self._estimate(patches, cache["scratch"])
+        ok = est.valid
+        m = ok.shape[0]
+        fb_unmix, fb_max = cache["ref_unmix"].expand(m, 2, 3), cache["ref_max"].expand(m, 2)
+        n_slide = 0
+        bad_rows = (~ok).nonzero().squeeze(-1).tolist() if slide_maps is not None else []
+        if bad_rows:
+            fb_unmix, fb_max = fb_unmix.clone(), fb_max.clone()
+            for i in bad_rows:
+                slide = slide_maps(offset + i)  # estimated with its own scratch: ours stays intact
+                if slide is not None:
+                    fb_unmix[i], fb_max[i] = slide
+                    n_slide += 1
+        unmix = torch.where(ok[:, None, None], est.unmix, fb_unmix)
+        max_conc = torch.where(ok[:, None], est.max_conc, fb_max)
+        od_map = ops.od_map(cache["ref_stains"], cache["ref_max"], unmix, max_conc)
+        tables = ops.channel_tables(od_map, cache["lut"], self.io)
+        if conc is not None:
+            conc.copy_(est.conc)  # before the scratch buffers are reused
+            bad = (~ok).nonzero().squeeze(-1)
+            if len(bad):
+                conc[:, bad] = ops.concentrations(od[:, bad], fb_unmix[bad], cache["scratch"],
+                                                  "conc_ref")
+            conc *= (cache["ref_max"] / max_conc).T.to(torch.float32).unsqueeze(-1)
+        ops.apply_tables(planar, tables, out, cache["scratch"])
+        n_bad = int((~ok).sum())
+        if n_bad and self.fallback == "passthrough":
+            out[~ok] = patches[~ok]
+        return n_bad, n_slide
+
+    def _slide_estimate(self, patches: Tensor, scratch: ops.Scratch) -> ops.StainEstimate:
+        """One estimate (n = 1) for a slide's (n, P, 3) patches, from an evenly strided sample of
+        their pixels: `normalize_slide`'s map and the "slide" fallback's."""
+        return self._estimate(_strided_sample(patches, SLIDE_SAMPLE_PIXELS), scratch)[1]
+
+    def _slide_maps(self, flat: Tensor, ids: list[Hashable] | None
+                    ) -> Callable[[int], tuple[Tensor, Tensor] | None]:
+        """For fallback="slide": patch index -> its slide estimate's (unmix (2, 3), max_conc (2,)),
+        or None if unusable. Each slide is estimated at most once per call, only when asked, from
+        its own patches in batch order (never other slides', whatever the chunking)."""
+        slide_of = ids if ids is not None else [0] * flat.shape[0]
+        members: dict[Hashable, list[int]] = {}
+        for i, sid in enumerate(slide_of):
+            members.setdefault(sid, []).append(i)
+        memo: dict[Hashable, tuple[Tensor, Tensor] | None] = {}
+
+        def lookup(i: int) -> tuple[Tensor, Tensor] | None:
+            sid = slide_of[i]
+            if sid not in memo:
+                rows = members[sid]
+                if rows[-1] - rows[0] + 1 == len(rows):  # contiguous: a view, no copy
+                    patches = flat[rows[0]:rows[-1] + 1]
+                else:
+                    patches = flat[torch.tensor(rows, device=flat.device)]
+                est = self._slide_estimate(patches, self._cache(flat.device)["slide_scratch"])
+                memo[sid] = (est.unmix[0], est.max_conc[0]) if bool(est.valid[0]) else None
+                log.debug("stain.slide_fallback", slide=str(sid), patches=len(rows),
+                          usable=memo[sid] is not None,
+                          tissue_fraction=round(float(est.tissue_fraction[0]), 4))
+            return memo[sid]
+
+        return lookup
+
+    def _estimate(self, patches: Tensor, scratch: ops.Scratch
+                  ) -> tuple[Tensor, ops.StainEstimate, Tensor]:
+        """(n, P, 3) uint8 -> planar indices (3, n, P), the stain estimate, OD (3, n, P)."""
+        planar = ops.to_planar(patches, scratch)
+        od = ops.optical_density(planar, self._cache(patches.device)["lut"], scratch)
+        est = ops.estimate(od, self.alpha, self.beta, self.min_tissue_fraction, scratch)
+        return planar, est, od
+
+    def _chunks(self, n: int, npix: int, device: torch.device) -> list[tuple[int, int]]:
+        cap = CHUNK_PIXELS if device.type == "cpu" else GPU_CHUNK_PIXELS
+        step = max(1, min(self.chunk_size, cap // max(npix, 1)))
+        return [(lo, min(lo + step, n)) for lo in range(0, n, step)]
+
+    def _cache(self, device: torch.device) -> dict[str, Any]:
+        """Reference tensors and look-up tables on `device` (rebuilt after `fit`)."""
+        if device not in self._device_cache:
+            lut = ops.od_lut(self.io, device)
+            stains = self.stain_matrix.to(device)
+            self._device_cache[device] = {
+                "lut": lut,
+                "ref_stains": stains.unsqueeze(0),
+                "ref_max": self.max_concentrations.to(device).unsqueeze(0),
+                "ref_unmix": ops.unmixing_matrix(stains.unsqueeze(0)),
+                "scratch": ops.Scratch(),
+                "slide_scratch": ops.Scratch(),  # the "slide" fallback's, beside a chunk's
+            }
+        return self._device_cache[device]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_device_cache": {}}
+
+
+def _is_array(obj: object) -> bool:
+    return isinstance(obj, (np.ndarray, Tensor))
+
+
+def _as_tensor(data: Array, ndim: int, what: str) -> Tensor:
+    """A uint8 torch view of a numpy array or tensor, with a checked (..., 3) shape."""
+    if isinstance(data, np.ndarray):
+        if not data.flags.writeable:
+            data = data.copy()
+        data = torch.from_numpy(np.ascontiguousarray(data))
+    elif not isinstance(data, Tensor):
+        raise TypeError(f"{what} must be a numpy array or a torch tensor, got {type(data).__name__}")
+    if data.dtype != torch.uint8:
+        raise TypeError(f"{what} must be uint8, got {data.dtype}")
+    shape = "(N, H, W, 3)" if ndim == 4 else "(H, W, 3)"
+    if data.ndim != ndim or data.shape[-1] != 3:
+        raise ValueError(f"{what} must be shaped {shape} RGB, got {tuple(data.shape)}")
+    return data.contiguous()
+
+
+def _slide_id_list(slide_ids: Sequence[Hashable] | None, n: int) -> list[Hashable] | None:
+    """`slide_ids` as a list of n hashable ids (arrays and tensors by value), or None."""
+    if slide_ids is None:
+        return None
+    if isinstance(slide_ids, (str, bytes)):
+        raise TypeError("slide_ids must be a sequence of ids, one per patch, not a string")
+    ids = slide_ids.tolist() if isinstance(slide_ids, (np.ndarray, Tensor)) else list(slide_ids)
+    if len(ids) != n:
+        raise ValueError(f"slide_ids must give one id per patch: got {len(ids)} for {n} patches")
+    for sid in ids:
+        if not isinstance(sid, Hashable):
+            raise TypeError(f"slide_ids must be hashable, got {type(sid).__name__}")
+    return ids
+
+
+def _strided_sample(pixels: Tensor, limit: int) -> Tensor:
+    """At most `limit` pixels of (n, P, 3), evenly strided over all of them -> (1, S, 3)."""
+    flat = pixels.reshape(-1, 3)
+    return flat[:: max(1, math.ceil(len(flat) / limit))].unsqueeze(0)
+
+
+def _like(result: Tensor, template: Array) -> Array:
+    return result.numpy() if isinstance(template, np.ndarray) else result
+
+
+def _image_sha256(image: Tensor) -> str:
+    """sha256 of an image's shape ("HxWx3:") followed by its raw C-order uint8 bytes."""
+    digest = hashlib.sha256("x".join(map(str, image.shape)).encode() + b":")
+    digest.update(image.cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()

@@ -1,0 +1,63 @@
+"""Glue shared by the stages that train or score: params, store rows and loaders in one place."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pathtrail.config.loading import parse_section
+from pathtrail.config.sections import DataParams, ModelParams, TrainParams
+from pathtrail.core.files import read_table
+from pathtrail.core.hashing import digest, sha256_path
+from pathtrail.data.loaders import KeyedBatchSampler, PatchDataset, make_loader
+from pathtrail.data.store import PatchStore, open_store
+from pathtrail.train.loop import Split
+
+
+@dataclass
+class TrainingInputs:
+    data: DataParams
+    model: ModelParams
+    train: TrainParams
+    store: PatchStore
+    tables: dict[str, pd.DataFrame]
+    splits: dict[str, Split]
+    fingerprint: str
+
+
+def load_training_inputs(raw: Mapping[str, Any], store_dir: str, split_dir: str) -> TrainingInputs:
+    """Typed params, the store and the train/val tables, and the resume fingerprint of them all."""
+    data = parse_section(raw, "data", DataParams)
+    model = parse_section(raw, "model", ModelParams)
+    train = parse_section(raw, "train", TrainParams)
+    store = open_store(store_dir)
+    tables = {name: read_table(Path(split_dir) / f"{name}.csv") for name in ("train", "val")}
+    splits = {n: Split(store.rows_for(t.path), t.label.to_numpy(np.int64)) for n, t in tables.items()}
+    fingerprint = digest({
+        "params": {k: raw[k] for k in ("data", "model", "train")},
+        "store_index": sha256_path(Path(store_dir) / "index.csv"),
+        "splits": {n: sha256_path(Path(split_dir) / f"{n}.csv") for n in tables},
+    })
+    return TrainingInputs(data, model, train, store, tables, splits, fingerprint)
+
+
+def score_loader(store: PatchStore, table: pd.DataFrame, data: DataParams, batch_size: int, seed: int):
+    """A non-shuffled, non-augmented loader over `table`'s patches (its own generator)."""
+    rows = store.rows_for(table.path)
+    ds = PatchDataset(store, rows, table.label.to_numpy(np.int64), augment=False, seed=seed)
+    sampler = KeyedBatchSampler(len(rows), batch_size, seed, shuffle=False)
+    return make_loader(ds, sampler, num_workers=0, prefetch_factor=2, persistent_workers=False,
+                       pin_memory=False, seed=seed)
+
+
+def probability_table(table: pd.DataFrame, probs: np.ndarray, classes: list[str]) -> pd.DataFrame:
+    """path, patient_id, slide_id, site, label, prob_<class>... (the predictions/<cohort>.csv format)."""
+    out = table[["path", "patient_id", "slide_id", "site", "label"]].copy()
+    for k, name in enumerate(classes):
+        out[f"prob_{name}"] = np.round(probs[:, k], 10)
+    return out

@@ -1,0 +1,236 @@
+"""The pieces of a training run that `loop.fit` strings together: one batch, one epoch, validation.
+
+A `TrainingRun` holds what one run needs (model, optimizer, loaders, the loop's bookkeeping in
+`state`); each function here advances it by one piece, so tests can run a single step or epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import structlog
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pathtrail.config.sections import TrainParams
+from pathtrail.core.errors import PathTrailError
+from pathtrail.data.loaders import KeyedBatchSampler
+from pathtrail.train import distributed as D
+from pathtrail.train.distributed import World
+from pathtrail.train.scoring import auroc, predict
+
+log = structlog.get_logger(__name__)
+
+
+class Interrupted(PathTrailError):
+    """Training stopped by a signal after saving a checkpoint; rerun `dvc repro` to resume."""
+
+
+@dataclass
+class TrainingRun:
+    params: TrainParams
+    world: World
+    device: torch.device
+    net: nn.Module  # the plain module: its state_dict is the model; the optimizer owns its parameters
+    core: nn.Module  # what validation runs: compiled or eager, never the DDP wrapper
+    model: nn.Module  # what training runs: `core`, wrapped in DDP with several processes
+    criterion: nn.CrossEntropyLoss
+    opt: torch.optim.Optimizer
+    sched: Any
+    scaler: torch.amp.GradScaler
+    amp_dtype: torch.dtype | None
+    train_sampler: KeyedBatchSampler
+    train_loader: Any
+    val_loader: Any
+    val_labels: np.ndarray
+    use_compile: bool
+    compile_info: dict[str, Any]
+    state: dict[str, Any]
+
+    def info(self, event: str, **fields: Any) -> None:
+        """Log from rank 0 only (one process speaks for the run)."""
+        if self.world.is_main:
+            log.info(event, **fields)
+
+
+def new_state() -> dict[str, Any]:
+    """The loop's bookkeeping at the start of a run (what the resumable checkpoint carries)."""
+    return {
+        "epoch": 0, "batch": 0, "global_step": 0, "history": [], "steps": [],
+        "best_score": -float("inf"), "best_epoch": -1, "bad_epochs": 0, "best_state": None,
+        "best_val_loss": float("nan"), "best_val_probs": None, "early_stopped": False,
+        "samples": 0, "compute_s": 0.0, "wait_s": 0.0, "epoch_samples": 0,
+    }
+
+
+def wrap_ddp(module: nn.Module, device: torch.device, world: World) -> nn.Module:
+    if not world.distributed:
+        return module
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def batch_loss(run: TrainingRun, logits: torch.Tensor, y: torch.Tensor,
+               stop_flag: float) -> tuple[torch.Tensor, float, bool]:
+    """The loss to back-propagate, its global-batch value, and whether any rank asked to stop."""
+    if not run.world.distributed:
+        loss = run.criterion(logits, y)
+        return loss, float(loss.detach()), stop_flag > 0
+    # sum(w_y * l) / sum(w_y) over the *global* batch (what CrossEntropyLoss(weight) means); the
+    # factor world cancels DDP's gradient averaging. One small all-reduce carries the sums and
+    # the stop flag, so every rank stops after the same batch.
+    class_w = run.criterion.weight
+    per = F.cross_entropy(logits, y, weight=class_w, label_smoothing=run.params.label_smoothing,
+                          reduction="none")
+    sums = torch.stack([per.detach().sum().double(), class_w[y].sum().double(),
+                        torch.tensor(stop_flag, dtype=torch.float64, device=per.device)])
+    D.all_reduce_sum(sums, run.world)
+    loss = per.sum() * (run.world.size / sums[1].to(per.dtype))
+    return loss, float(sums[0] / sums[1]), bool(sums[2] > 0)
+
+
+def optimizer_step(run: TrainingRun, x: torch.Tensor, y: torch.Tensor, do_step: bool,
+                   stop_flag: float) -> tuple[float, bool]:
+    """Forward and backward of one micro-batch; with `do_step`, also clip, step and schedule."""
+    p = run.params
+    sync = contextlib.nullcontext() if do_step or not run.world.distributed else run.model.no_sync()
+    with sync:
+        with torch.autocast(run.device.type, dtype=run.amp_dtype or torch.float32,
+                            enabled=run.amp_dtype is not None):
+            loss, value, stop_now = batch_loss(run, run.model(x), y, stop_flag)
+        run.scaler.scale(loss / p.accumulation_steps).backward()
+    if do_step:
+        if p.grad_clip_norm > 0:
+            run.scaler.unscale_(run.opt)
+            nn.utils.clip_grad_norm_(run.net.parameters(), p.grad_clip_norm)
+        run.scaler.step(run.opt)
+        run.scaler.update()
+        run.opt.zero_grad(set_to_none=True)
+        if run.sched is not None and p.scheduler != "plateau":
+            run.sched.step()
+    return value, stop_now
+
+
+def first_compiled_step(run: TrainingRun, x: torch.Tensor, y: torch.Tensor, do_step: bool,
+                        stop_flag: float) -> tuple[float, bool]:
+    """Run the first compiled step; if compilation fails, record why and redo it eagerly."""
+    rng = torch.get_rng_state()
+    try:
+        value = optimizer_step(run, x, y, do_step, stop_flag)
+        run.compile_info["used"] = True
+        return value
+    except Exception as exc:  # noqa: BLE001  inductor/toolchain problems must never break eager runs
+        run.compile_info["error"] = f"{type(exc).__name__}: {str(exc)[:500]}"
+        log.warning("train.compile_unavailable", error=run.compile_info["error"])
+        torch.set_rng_state(rng)
+        run.opt.zero_grad(set_to_none=True)
+    run.core = run.net
+    run.model = wrap_ddp(run.net, run.device, run.world)
+    return optimizer_step(run, x, y, do_step, stop_flag)
+
+
+@dataclass
+class EpochTiming:
+    seen: int
+    wait_s: float
+    compute_s: float
+    elapsed_s: float
+
+
+def train_epoch(run: TrainingRun, stop_signal: Callable[[], int | None],
+                save: Callable[[], None]) -> EpochTiming:
+    """The rest of the current epoch (from `state["batch"]`); on a stop request, `save()` and raise."""
+    state, p = run.state, run.params
+    epoch = state["epoch"]
+    run.model.train()
+    run.train_sampler.set_epoch(epoch, skip_batches=state["batch"])
+    n_batches = len(run.train_sampler)
+    t_epoch = time.perf_counter()
+    wait = compute = 0.0
+    seen = 0
+    t0 = time.perf_counter()
+    for x, y, _ in run.train_loader:
+        b = state["batch"]
+        t1 = time.perf_counter()
+        wait += t1 - t0
+        x = x.to(run.device, non_blocking=True)
+        if p.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = y.to(run.device, non_blocking=True)
+        do_step = (b + 1) % p.accumulation_steps == 0 or b + 1 == n_batches
+        stop_flag = 0.0 if stop_signal() is None else 1.0
+        info = run.compile_info
+        if run.use_compile and not info["used"] and "error" not in info:
+            loss_value, stop_now = first_compiled_step(run, x, y, do_step, stop_flag)
+        else:
+            loss_value, stop_now = optimizer_step(run, x, y, do_step, stop_flag)
+        if not run.world.distributed:  # one process: also honour a signal that came during the step
+            stop_now = stop_signal() is not None
+        state["steps"].append({"step": state["global_step"], "epoch": epoch, "loss": loss_value,
+                               "lr": run.opt.param_groups[0]["lr"]})
+        state["global_step"] += 1
+        state["batch"] = b + 1
+        seen += len(y) * run.world.size
+        t0 = time.perf_counter()
+        compute += t0 - t1
+        if stop_now:
+            save()
+            raise Interrupted(
+                f"training interrupted by signal {stop_signal() or 'on another rank'} at epoch {epoch}, "
+                f"batch {b + 1}; checkpoint saved. Rerun `dvc repro` to resume."
+            )
+    return EpochTiming(seen, wait, compute, time.perf_counter() - t_epoch)
+
+
+def validate(run: TrainingRun) -> tuple[np.ndarray, float, float]:
+    """Validation probabilities, class-weighted loss and AUROC of the current weights."""
+    probs, loss = predict(run.core, run.val_loader, run.criterion, run.device, run.amp_dtype, world=run.world)
+    return probs, loss, auroc(run.val_labels, probs)
+
+
+def end_epoch(run: TrainingRun, timing: EpochTiming, val_probs: np.ndarray, val_loss: float,
+              val_auc: float) -> None:
+    """Keep the best weights, record the epoch's curves and timings, decide on early stopping."""
+    state, p = run.state, run.params
+    epoch = state["epoch"]
+    if run.sched is not None and p.scheduler == "plateau":
+        run.sched.step(val_loss)
+    score = val_auc if np.isfinite(val_auc) else -val_loss
+    improved = score > state["best_score"] + p.early_stopping.min_delta
+    if improved or state["best_state"] is None:
+        state.update(best_score=score, best_epoch=epoch, bad_epochs=0, best_val_loss=val_loss,
+                     best_state=copy.deepcopy(run.net.state_dict()), best_val_probs=val_probs)
+    else:
+        state["bad_epochs"] += 1
+    train_loss = float(np.mean([s["loss"] for s in state["steps"] if s["epoch"] == epoch]))
+    wait, compute = timing.wait_s, timing.compute_s
+    state["history"].append({
+        "epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_auroc": val_auc,
+        "lr": run.opt.param_groups[0]["lr"], "samples_per_s": timing.seen / max(timing.elapsed_s, 1e-9),
+        "data_wait_fraction": wait / max(wait + compute, 1e-9),
+        "peak_memory_mb": peak_memory_mb(run.device),
+    })
+    state["samples"] += timing.seen
+    state["compute_s"] += compute
+    state["wait_s"] += wait
+    run.info("train.epoch", **state["history"][-1])
+    state["epoch"] += 1
+    state["batch"] = 0
+    if state["bad_epochs"] >= p.early_stopping.patience:
+        state["early_stopped"] = True
+        run.info("train.early_stop", epoch=epoch, best_epoch=state["best_epoch"])
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -1,0 +1,42 @@
+"""One canonical JSON and one digest serve params hashes, audit entries and artifacts."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+
+from pathtrail.core.files import write_json
+from pathtrail.core.hashing import canonical_json, digest, sha256_file
+from pathtrail.provenance import audit
+
+SECTION = {"train": {"lr": 0.001, "epochs": 8, "tags": ["a", "b"]}, "data": {"classes": ["benign", "tumour"]}}
+
+
+def test_digest_is_the_sha256_of_compact_sorted_json():
+    blob = json.dumps(SECTION, sort_keys=True, separators=(",", ":")).encode()
+    assert digest(SECTION) == hashlib.sha256(blob).hexdigest()  # the form committed hashes were made in
+
+
+def test_digest_ignores_key_order_and_sees_every_value():
+    reordered = {"data": SECTION["data"], "train": dict(reversed(list(SECTION["train"].items())))}
+    assert digest(reordered) == digest(SECTION)
+    assert digest({**SECTION, "train": {**SECTION["train"], "lr": 0.002}}) != digest(SECTION)
+
+
+def test_non_ascii_and_non_finite_values_hash_stably():
+    assert digest({"name": "DRAFT – NOT FOR RELEASE"}) == hashlib.sha256(
+        '{"name":"DRAFT – NOT FOR RELEASE"}'.encode()).hexdigest()
+    assert digest({"x": math.nan}) == digest({"x": None})
+
+
+def test_audit_entries_use_the_same_digest():
+    entry = {"seq": 0, "stage": "x", "note": "é", "entry_hash": "ignored"}
+    assert audit.entry_digest(entry) == digest({k: v for k, v in entry.items() if k != "entry_hash"})
+
+
+def test_artifacts_are_written_in_the_canonical_form(tmp_path):
+    path = write_json(SECTION, tmp_path / "a.json")
+    assert path.read_text(encoding="utf-8") == canonical_json(SECTION)
+    assert json.loads(canonical_json(SECTION, compact=True)) == json.loads(path.read_text())
+    assert sha256_file(path) == hashlib.sha256(canonical_json(SECTION).encode()).hexdigest()
