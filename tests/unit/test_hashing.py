@@ -40,3 +40,29 @@ def test_artifacts_are_written_in_the_canonical_form(tmp_path):
     assert path.read_text(encoding="utf-8") == canonical_json(SECTION)
     assert json.loads(canonical_json(SECTION, compact=True)) == json.loads(path.read_text())
     assert sha256_file(path) == hashlib.sha256(canonical_json(SECTION).encode()).hexdigest()
+
+
+def test_an_entry_with_odd_keys_and_values_verifies(tmp_path):
+    """The line written is the value hashed: non-string keys, NaN, tuples and numpy scalars."""
+    import numpy as np
+
+    trail = tmp_path / "t.jsonl"
+    audit.append({"stage": "x", "facts": {True: 1, None: 2, 10: (1, 2), "auc": math.nan,
+                                           "n": np.int64(3)}}, trail)
+    entries = audit.read_entries(trail)
+    assert audit.chain_problems(entries) == []
+    assert entries[0]["facts"] == {"True": 1, "None": 2, "10": [1, 2], "auc": None, "n": 3}
+
+
+def test_params_errors_name_the_file_they_came_from(tmp_path):
+    import pytest
+
+    from pathtrail.config.loading import ParamsError, parse_section, read_params
+    from pathtrail.config.sections import EvalParams
+
+    path = tmp_path / "other.yaml"
+    path.write_text("data: {}\n")
+    with pytest.raises(ParamsError, match=r"other\.yaml: missing section 'eval'"):
+        parse_section(read_params(path), "eval", EvalParams)
+    with pytest.raises(ParamsError, match=r"^params\.yaml: missing section"):
+        parse_section({}, "eval", EvalParams)

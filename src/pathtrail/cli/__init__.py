@@ -1,1 +1,2 @@
-"""The `pathtrail` command (`main`): validate, verify, trail."""
+"""The `pathtrail` command: `main.main` (validate, verify, trail; also `python -m pathtrail.cli`),
+`validate` (the `pathtrail validate` command)."""

@@ -25,6 +25,14 @@ class ParamsError(PathTrailError, ValueError):
     """A params value is missing, unknown or invalid; the message names the key and the fix."""
 
 
+class ParamsFile(dict):
+    """The params read from a file; `source` (the file's path) is what error messages name."""
+
+    def __init__(self, data: dict[str, Any], source: str) -> None:
+        super().__init__(data)
+        self.source = source
+
+
 def read_params(path: str | Path = "params.yaml") -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
@@ -35,15 +43,18 @@ def read_params(path: str | Path = "params.yaml") -> dict[str, Any]:
         data = yaml.safe_load(f) or {}
     if not isinstance(data, dict):
         raise ParamsError(f"{path}: expected a mapping at the top level")
-    return data
+    return ParamsFile(data, str(path))
 
 
 def load_section(path: str | Path, section: str, cls: type[T]) -> T:
     return parse_section(read_params(path), section, cls, source=str(path))
 
 
-def parse_section(params: Mapping[str, Any], section: str, cls: type[T], source: str = "params.yaml") -> T:
-    """Section `section` of an already read params mapping as `cls` (strict, see `from_dict`)."""
+def parse_section(params: Mapping[str, Any], section: str, cls: type[T], source: str | None = None) -> T:
+    """Section `section` of an already read params mapping as `cls` (strict, see `from_dict`).
+
+    Error messages name `source`, else the file `params` was read from, else "params.yaml"."""
+    source = source or getattr(params, "source", "params.yaml")
     if section not in params:
         raise ParamsError(f"{source}: missing section '{section}'. Regenerate params.yaml with `make params`.")
     return from_dict(cls, params[section], prefix=section)

@@ -110,7 +110,7 @@ class StainParams:
     alpha: float
     beta: float
     scope: Literal["patch", "slide"]
-    # For patches whose own stain estimate is unusable (pathtrail.stain.FALLBACKS); loading
+    # For patches whose own stain estimate is unusable (pathtrail.stain.macenko.FALLBACKS); loading
     # rejects any other value, naming `stain.fallback` and these three.
     fallback: Literal["reference", "passthrough", "slide"]
     min_tissue_fraction: float

@@ -4,6 +4,9 @@
 UTF-8, NaN/inf as null, trailing newline); `canonical_json(obj, compact=True)` the same content
 without whitespace, which `digest` hashes. Params hashes (`params_sha256` in the trail, the card and
 the model metadata), audit entry hashes and the resume fingerprint are all `digest(...)`.
+The digest of plain ASCII, finite JSON data is the sha256 of `json.dumps(obj, sort_keys=True,
+separators=(",", ":"))` (tests/unit/test_hashing.py), so hashes recorded before this module
+existed still verify; non-ASCII text is hashed as UTF-8, not as ASCII escapes.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ def canonical_json(obj: Any, *, compact: bool = False) -> str:
     Default: the artifact form (indent 2, trailing newline). `compact=True`: no whitespace at all,
     the form `digest` hashes (what `json.dumps(..., separators=(",", ":"))` writes).
     """
-    value = _finite(obj)
+    value = json_ready(obj)
     if compact:
         return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
                           allow_nan=False, default=str)
@@ -60,13 +63,16 @@ def digest(obj: Any) -> str:
     return sha256_bytes(canonical_json(obj, compact=True).encode("utf-8"))
 
 
-def _finite(obj: Any) -> Any:
+def json_ready(obj: Any) -> Any:
+    """What `canonical_json` and `digest` see: NaN/inf as None, keys as strings, tuples as lists,
+    numpy/torch scalars as Python numbers. Write an object through this before hashing its JSON
+    elsewhere, so the text and the hash describe the same value."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):
-        return {str(k): _finite(v) for k, v in obj.items()}
+        return {str(k): json_ready(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
+        return [json_ready(v) for v in obj]
     if hasattr(obj, "item") and callable(obj.item):  # numpy / torch scalars
-        return _finite(obj.item())
+        return json_ready(obj.item())
     return obj

@@ -1,7 +1,7 @@
 """External-cohort evaluation: threshold, patient-clustered CIs, aggregation, domain shift.
 
 Pure functions (arrays and data frames in, plain values out, no file I/O) called by the `evaluate`
-stage. Point metrics live in `cohort_metrics` (conventions there: ``prob >= threshold`` is
+stage. Point metrics live in `metrics` (conventions there: ``prob >= threshold`` is
 positive; data conditions become None plus a sentence in ``warnings``), resampling in `bootstrap`,
 ROC counts, plot data and failure cases in `diagnostics`.
 """

@@ -43,7 +43,7 @@ def parse_stage_args(name: str, description: str | None, paths_cls: type[T],
     for f in dataclasses.fields(paths_cls):  # type: ignore[arg-type]
         help_text = f.metadata.get("help")
         p.add_argument("--" + f.name.replace("_", "-"), default=f.default,
-                       help=f"{help_text} (default: {f.default})" if help_text else f"default: {f.default}")
+                       help=_with_default(help_text, f.default))
     args = p.parse_args(argv)
     return args, paths_cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(paths_cls)})
 
@@ -67,6 +67,12 @@ def stage_main(name: str, module: ModuleType) -> Callable[[list[str] | None], No
         module.run(stage_params(args), paths, trail=args.trail, **extra)
 
     return main
+
+
+def _with_default(help_text: str | None, default: Any) -> str:
+    if not help_text:
+        return f"default: {default}"
+    return help_text if "default" in help_text else f"{help_text} (default: {default})"
 
 
 def stage_params(args: argparse.Namespace) -> dict[str, Any]:

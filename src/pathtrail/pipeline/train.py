@@ -46,7 +46,7 @@ class Paths:
 
 def run(params: Mapping[str, Any], paths: Paths, *, trail: str | None = None,
         relaunch_argv: Sequence[str] = ()) -> FitResult | None:
-    """Train (this process, or N under torchrun); returns rank 0's result, None after a relaunch."""
+    """Train (this process, or N under torchrun); returns this rank's result, None after a relaunch."""
     nproc = parse_section(params, "train", TrainParams).distributed.nproc_per_node  # checked before any launch
     if D.should_relaunch(nproc):
         get_logger().info("train.relaunch", nproc_per_node=nproc)

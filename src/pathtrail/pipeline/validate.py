@@ -1,7 +1,7 @@
 """validate: check the cohorts' manifests and images; write the validated tables and report.
 
 On any error nothing is written (stale outputs of an earlier run are removed, as `dvc repro` does),
-every problem is listed and the stage fails. `failure_report` keeps the JSON report of a failed
+every problem is listed and the stage fails. `--failure-report FILE` keeps the JSON report of a failed
 run, for review; it is never written by default.
 """
 
