@@ -4,6 +4,7 @@ and, strung together by hand, give exactly what `fit` gives."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from test_training import _fit, _params, _same, make_tiny_store
 
@@ -76,3 +77,48 @@ def test_checkpoint_round_trip_restores_the_run(tmp_path):
     _epoch(fresh)
     assert _same(fresh.net.state_dict(), run.net.state_dict())
     assert fresh.state["history"][-1]["val_loss"] == run.state["history"][-1]["val_loss"]
+
+
+class _Exploit:
+    """Unpickling this runs `Path(marker).touch()`: what a crafted checkpoint could do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+def test_a_crafted_checkpoint_is_not_executed_and_is_ignored(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "last.pt"
+    torch.save({"fingerprint": "fp", "world_size": 1, "state": {"x": _Exploit(str(marker))}}, path)
+    assert read_checkpoint(path, "fp", SINGLE) is None
+    assert not marker.exists()
+    torch.load(path, weights_only=False)  # the payload is real: a full unpickle runs it
+    assert marker.exists()
+
+
+def test_random_bytes_as_checkpoint_are_ignored(tmp_path):
+    path = tmp_path / "last.pt"
+    path.write_bytes(np.random.default_rng(0).bytes(4096))
+    assert read_checkpoint(path, "fp", SINGLE) is None
+    path.write_bytes(b"")
+    assert read_checkpoint(path, "fp", SINGLE) is None
+
+
+@pytest.mark.parametrize("scheduler", ["none", "cosine", "onecycle", "plateau"])
+def test_every_scheduler_checkpoints_with_weights_only(tmp_path, scheduler):
+    run, _, _ = _run(tmp_path, **{"train.epochs": 2, "train.scheduler": scheduler})
+    _epoch(run)
+    path = tmp_path / "ck.pt"
+    save_checkpoint(run, path, "fp")
+    torch.load(path, weights_only=True)  # raises if anything but tensors and plain values is inside
+    ck = read_checkpoint(path, "fp", SINGLE)
+    assert ck is not None
+    fresh, _, _ = _run(tmp_path / "fresh", **{"train.epochs": 2, "train.scheduler": scheduler})
+    restore(fresh, ck)
+    assert isinstance(fresh.state["best_val_probs"], np.ndarray)
+    assert np.array_equal(fresh.state["best_val_probs"], run.state["best_val_probs"])

@@ -11,6 +11,7 @@ import io
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import structlog
 import torch
 
@@ -25,18 +26,34 @@ log = structlog.get_logger(__name__)
 
 
 def read_checkpoint(checkpoint: Path | None, fingerprint: str, world: World) -> dict[str, Any] | None:
-    """Rank 0 reads the checkpoint and hands it to every rank (no shared filesystem needed)."""
+    """Rank 0 reads the checkpoint and hands it to every rank (no shared filesystem needed).
+
+    Loaded with `weights_only=True` (tensors and plain values only: a crafted file cannot run
+    code), then checked; an unreadable file, or one made for other params, data or another number
+    of processes, is ignored with a warning naming it, and training starts afresh.
+    """
     ck = None
     if world.is_main and checkpoint is not None and checkpoint.is_file():
-        ck = torch.load(checkpoint, map_location="cpu", weights_only=False)
-        if ck.get("fingerprint") != fingerprint:
-            log.warning("train.checkpoint_ignored", reason="made with other params or data", checkpoint=str(checkpoint))
-            ck = None
+        ck = _load(checkpoint)
+        reason = None
+        if ck is None:
+            reason = "not a checkpoint this pipeline wrote (unreadable, or not tensors and plain values)"
+        elif ck.get("fingerprint") != fingerprint:
+            reason = "made with other params or data"
         elif ck.get("world_size", 1) != world.size:
-            log.warning("train.checkpoint_ignored", checkpoint=str(checkpoint),
-                        reason=f"made with {ck.get('world_size', 1)} processes, this run has {world.size}")
+            reason = f"made with {ck.get('world_size', 1)} processes, this run has {world.size}"
+        if reason is not None:
+            log.warning("train.checkpoint_ignored", reason=reason, checkpoint=str(checkpoint))
             ck = None
     return D.broadcast_object(ck, world)
+
+
+def _load(checkpoint: Path) -> dict[str, Any] | None:
+    try:
+        ck = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001  torch raises many kinds (UnpicklingError, RuntimeError, EOFError...)
+        return None
+    return ck if isinstance(ck, dict) and isinstance(ck.get("state"), dict) else None
 
 
 def restore(run: TrainingRun, ck: dict[str, Any]) -> None:
@@ -50,7 +67,10 @@ def restore(run: TrainingRun, ck: dict[str, Any]) -> None:
     rng_cuda = ck.get("rng_cuda_ranks", [ck.get("rng_cuda")])[run.world.rank]
     if run.device.type == "cuda" and rng_cuda is not None:
         torch.cuda.set_rng_state(rng_cuda, run.device)
-    run.state = ck["state"]
+    state = dict(ck["state"])
+    if isinstance(state.get("best_val_probs"), torch.Tensor):  # stored as a tensor (weights_only)
+        state["best_val_probs"] = state["best_val_probs"].numpy()
+    run.state = state
 
 
 def save_checkpoint(run: TrainingRun, checkpoint: Path | None, fingerprint: str) -> None:
@@ -69,7 +89,13 @@ def save_checkpoint(run: TrainingRun, checkpoint: Path | None, fingerprint: str)
             "scaler": run.scaler.state_dict(),
             "rng_cpu": rng_cpu[0], "rng_cuda": rng_cuda[0],
             "rng_cpu_ranks": rng_cpu, "rng_cuda_ranks": rng_cuda,
-            "state": run.state,
+            "state": _plain_state(run.state),
         }, buf)
         write_bytes(buf.getvalue(), checkpoint)
     D.barrier(world)
+
+
+def _plain_state(state: dict[str, Any]) -> dict[str, Any]:
+    """The loop's bookkeeping with its one NumPy array as a tensor, loadable with weights_only."""
+    probs = state.get("best_val_probs")
+    return {**state, "best_val_probs": torch.from_numpy(probs) if isinstance(probs, np.ndarray) else probs}
