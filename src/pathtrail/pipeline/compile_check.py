@@ -23,11 +23,10 @@ from pathtrail.core.files import read_table, write_csv, write_json
 from pathtrail.pipeline.stagekit import get_logger, path_option
 from pathtrail.provenance import audit
 from pathtrail.train.compile_gate import RunOutcome, compare
-from pathtrail.train.inputs import TrainingInputs, load_training_inputs, score_loader
+from pathtrail.train.inputs import TrainingInputs, load_training_inputs, score_table
 from pathtrail.train.loop import fit
 from pathtrail.train.model_file import load_model_file
 from pathtrail.train.models import build_model
-from pathtrail.train.scoring import predict
 
 
 @dataclass(frozen=True)
@@ -55,12 +54,11 @@ def run(params: Mapping[str, Any], paths: Paths, *, trail: str | None = None) ->
                   "compile_mode": inp.train.compile_mode, "backend": "inductor",
                   "torch_version": str(torch.__version__), "fallback_random": check.fallback_random,
                   "deterministic": inp.train.deterministic, "amp": inp.train.amp, "allow_tf32": inp.train.allow_tf32}
-        curves = pd.DataFrame(columns=["step", "eager", "compiled"])
         if not check.enabled:
-            report |= {"status": "skipped", "passed": None}
+            found, curves = {"status": "skipped", "passed": None}, no_curves()
         else:
             found, curves = compare_modes(inp, check, paths)
-            report |= found
+        report |= found
         figures.line_plot({"eager": (curves.step, curves.eager), "compiled": (curves.step, curves.compiled)},
                           paths.figure, title=f"Training loss per step: eager vs compiled ({report['status']})",
                           xlabel="step", ylabel="loss")
@@ -81,7 +79,6 @@ def run(params: Mapping[str, Any], paths: Paths, *, trail: str | None = None) ->
 def compare_modes(inp: TrainingInputs, check: CompileCheckParams,
                   paths: Paths) -> tuple[dict[str, Any], pd.DataFrame]:
     """Train in the mode the train stage did not use and compare; (report fields, loss curves)."""
-    curves = pd.DataFrame(columns=["step", "eager", "compiled"])
     # The mode the train stage really ran in (compile may have fallen back to eager).
     own_model = load_model_file(paths.model)
     train_mode_compiled = bool(own_model["metadata"].get("compile", {}).get("used", False))
@@ -92,7 +89,7 @@ def compare_modes(inp: TrainingInputs, check: CompileCheckParams,
                 use_compile=not train_mode_compiled, fallback_random=check.fallback_random)
     compiled_info = other.compile if not train_mode_compiled else {"used": True}
     if not compiled_info.get("used"):
-        return {"status": "not_available", "passed": None, "error": compiled_info.get("error")}, curves
+        return {"status": "not_available", "passed": None, "error": compiled_info.get("error")}, no_curves()
     other_run = RunOutcome(np.array([s["loss"] for s in other.steps]), other.val_probs)
     eager, compiled = (own, other_run) if not train_mode_compiled else (other_run, own)
     ext = read_table(paths.external) if paths.external and Path(paths.external).is_file() else None
@@ -109,6 +106,11 @@ def compare_modes(inp: TrainingInputs, check: CompileCheckParams,
     return found, curves
 
 
+def no_curves() -> pd.DataFrame:
+    """The loss-curve table when no comparison ran (skipped, or compile not available)."""
+    return pd.DataFrame(columns=["step", "eager", "compiled"])
+
+
 def external_probs(state_dict: dict[str, torch.Tensor], inp: TrainingInputs, table: pd.DataFrame,
                    compiled: bool) -> np.ndarray:
     """Score the external cohort with one mode's trained weights, in that mode."""
@@ -116,5 +118,4 @@ def external_probs(state_dict: dict[str, torch.Tensor], inp: TrainingInputs, tab
     model.load_state_dict(state_dict)
     if compiled:
         model = torch.compile(model, mode=inp.train.compile_mode)
-    loader = score_loader(inp.store, table, inp.data, inp.train.batch_size * 2, inp.train.seed)
-    return predict(model, loader, None, torch.device("cpu"))[0]
+    return score_table(model, inp.store, table, inp.data, inp.train.batch_size * 2, inp.train.seed)

@@ -13,19 +13,17 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 from pathtrail.config.loading import parse_section
 from pathtrail.config.sections import DataParams, EvalParams
 from pathtrail.core.files import read_table, write_csv, write_json
-from pathtrail.data.store import PatchStore, open_store
+from pathtrail.data.store import open_store
 from pathtrail.evaluation.plots import cohort_plots
 from pathtrail.evaluation.report import Cohort, choose_threshold, domain_shift, evaluate_cohort
 from pathtrail.pipeline.stagekit import get_logger, path_option
 from pathtrail.provenance import audit
-from pathtrail.train.inputs import probability_table, score_loader
+from pathtrail.train.inputs import probability_table, score_table
 from pathtrail.train.model_file import read_model
-from pathtrail.train.scoring import predict
 
 
 @dataclass(frozen=True)
@@ -38,11 +36,6 @@ class Paths:
     predictions: str = path_option("predictions")
     plots: str = path_option("plots/eval")
     figures: str = path_option("reports/figures/eval")
-
-
-def score(model: torch.nn.Module, store: PatchStore, table: pd.DataFrame, data: DataParams,
-          seed: int) -> np.ndarray:
-    return predict(model, score_loader(store, table, data, 256, seed), None, torch.device("cpu"))[0]
 
 
 def positive(probs: np.ndarray) -> np.ndarray:
@@ -60,7 +53,7 @@ def run(params: Mapping[str, Any], paths: Paths, *, trail: str | None = None) ->
         model, meta = read_model(paths.model)
         store = open_store(paths.store)
         val = read_table(split / "val.csv")
-        val_probs = score(model, store, val, data, ev.seed)
+        val_probs = score_table(model, store, val, data, 256, ev.seed)
         threshold = (choose_threshold(val.label, positive(val_probs), ev.threshold_rule, ev.target_sensitivity,
                                       ev.fixed_threshold) if val_probs.shape[1] == 2 else None)
         rec.note(threshold=threshold, threshold_rule=ev.threshold_rule)
@@ -73,7 +66,7 @@ def run(params: Mapping[str, Any], paths: Paths, *, trail: str | None = None) ->
                          "classes": meta["classes"], "n_bootstrap": ev.n_bootstrap}
         scored = {}
         for name, table in cohorts.items():
-            probs = score(model, store, table, data, ev.seed)
+            probs = score_table(model, store, table, data, 256, ev.seed)
             scored[name] = (table, probs)
             write_csv(probability_table(table, probs, meta["classes"]), Path(paths.predictions) / f"{name}.csv")
             results[name] = evaluate_cohort(table.label, positive(probs), table.patient_id, threshold,

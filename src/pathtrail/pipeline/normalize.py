@@ -54,8 +54,8 @@ def run(params: Mapping[str, Any], paths: Paths, *, trail: str | None = None) ->
     """Write the patch store, the normalization report and the before/after figure; returns the report."""
     data, stain = parse_section(params, "data", DataParams), parse_section(params, "stain", StainParams)
     root = Path(data.data_root)
-    tables = {c: Path(paths.validated) / f"{c}.csv" for c in COHORTS
-              if (Path(paths.validated) / f"{c}.csv").is_file()}
+    candidates = {c: Path(paths.validated) / f"{c}.csv" for c in COHORTS}
+    tables = {c: path for c, path in candidates.items() if path.is_file()}
     with audit.stage("normalize", inputs=[*tables.values(), paths.reference, root],
                      params={"stain": params["stain"]}, trail=trail) as rec:
         # stain.fallback decides the batching below, so the normalizer follows it too (stain_fit

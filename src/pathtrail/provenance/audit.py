@@ -96,7 +96,7 @@ def append(fields: dict[str, Any], path: str | Path | None = None) -> dict[str, 
                 if line.strip():
                     last = line
             prev = json.loads(last) if last else None
-            entry = json_ready(dict(fields))  # the line written is the value hashed
+            entry = json_ready(fields)  # the line written is the value hashed
             entry["seq"] = prev["seq"] + 1 if prev else 0
             entry["prev_hash"] = prev["entry_hash"] if prev else GENESIS
             entry["time"] = datetime.now(UTC).isoformat(timespec="milliseconds")

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from pathtrail.config.loading import parse_section
 from pathtrail.config.sections import DataParams, ModelParams, TrainParams
@@ -17,6 +18,7 @@ from pathtrail.core.hashing import digest, sha256_path
 from pathtrail.data.loaders import KeyedBatchSampler, PatchDataset, make_loader
 from pathtrail.data.store import PatchStore, open_store
 from pathtrail.train.loop import Split
+from pathtrail.train.scoring import predict
 
 
 @dataclass
@@ -53,6 +55,12 @@ def score_loader(store: PatchStore, table: pd.DataFrame, data: DataParams, batch
     sampler = KeyedBatchSampler(len(rows), batch_size, seed, shuffle=False)
     return make_loader(ds, sampler, num_workers=0, prefetch_factor=2, persistent_workers=False,
                        pin_memory=False, seed=seed)
+
+
+def score_table(model: torch.nn.Module, store: PatchStore, table: pd.DataFrame, data: DataParams,
+                batch_size: int, seed: int) -> np.ndarray:
+    """Class probabilities of `table`'s patches, in table order, scored on the CPU."""
+    return predict(model, score_loader(store, table, data, batch_size, seed), None, torch.device("cpu"))[0]
 
 
 def probability_table(table: pd.DataFrame, probs: np.ndarray, classes: list[str]) -> pd.DataFrame:
