@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export DVC_NO_ANALYTICS := 1
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup params repro test test-slow test-all verify bench lint clean-venv
+.PHONY: setup params repro test test-slow test-all verify verify-release bench lint clean-venv
 
 setup: $(STAMP)
 
@@ -33,6 +33,9 @@ test-all: $(STAMP)          ## everything, slow tests included (GPU tests skip w
 
 verify: $(STAMP)            ## check card, artifacts, dvc.lock and audit trail agree
 	$(BIN)/pathtrail verify
+
+verify-release: $(STAMP)    ## also require a valid signature by a key in keys/trusted/
+	$(BIN)/pathtrail verify --release
 
 bench: $(STAMP)             ## benchmarks; results go to bench/results/
 	$(BIN)/python bench/stain.py

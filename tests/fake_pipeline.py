@@ -278,6 +278,10 @@ def _build(root: Path) -> None:
             with audit.stage(
                 name, inputs=[], params={s: params[s] for s in sections}, trail=TRAIL
             ) as rec:
+                if name == "evaluate":  # as the real stage: locked before any result is written
+                    rec.record("threshold_locked", threshold=EVAL["threshold"],
+                               threshold_rule=EVAL["threshold_rule"])
+                    rec.note(threshold=EVAL["threshold"], threshold_rule=EVAL["threshold_rule"])
                 write_outputs(root, name)
                 rec.outputs(*outs)
     dvc("commit", "-f", "-q", *(s for s, _, _ in STAGES), cwd=root)

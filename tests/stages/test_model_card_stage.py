@@ -81,10 +81,10 @@ def test_the_stage_records_one_audit_run_and_the_pipeline_head(tree):
 
 
 def test_rerunning_the_stage_gives_identical_bytes(tree):
-    before = outputs(tree)
+    before, n = outputs(tree), len(audit.read_entries(tree / TRAIL))
     run_card_stage(tree)
     assert outputs(tree) == before
-    assert len(audit.read_entries(tree / TRAIL)) == 18  # a second model_card run was recorded
+    assert len(audit.read_entries(tree / TRAIL)) == n + 2  # a second model_card run was recorded
 
 
 def test_a_dirty_tree_gives_a_draft(tree):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -134,3 +135,29 @@ def test_production_with_compile_stops_on_a_failed_gate(pipeline, tmp_path, monk
     assert report["status"] == "failed"
     err = capsys.readouterr().err
     assert "compile validation FAILED" in err and "step-0 loss differs" in err
+
+
+def test_the_threshold_is_locked_in_the_trail_before_test_or_external_is_opened(pipeline, tmp_path,
+                                                                                  monkeypatch):
+    from pathtrail.pipeline import evaluate
+
+    trail = tmp_path / "trail.jsonl"
+    monkeypatch.setenv("PATHTRAIL_AUDIT_TRAIL", str(trail))
+    opened, real = [], evaluate.read_table
+
+    def spy(path):
+        actions = [e.get("action") for e in read_entries(trail)]
+        opened.append((Path(path).name, "threshold_locked" in actions))
+        return real(path)
+
+    monkeypatch.setattr(evaluate, "read_table", spy)
+    out = tmp_path / "out"
+    run_stage("evaluate", "--metrics", str(out / "eval.json"), "--predictions", str(out / "pred"),
+              "--plots", str(out / "plots"), "--figures", str(out / "figs"))
+    assert ("val.csv", False) in opened
+    assert ("test.csv", True) in opened and ("external.csv", True) in opened
+    entries = read_entries(trail)
+    assert [e["action"] for e in entries] == ["start", "threshold_locked", "end"]
+    lock = entries[1]
+    assert lock["threshold"] == json.loads((out / "eval.json").read_text())["threshold"]
+    assert len(lock["val_probabilities_sha256"]) == 64 and lock["n_val"] > 0

@@ -19,7 +19,7 @@ ALLOWED = {
     "evaluation": {"core", "config", "data"},
     "train": {"core", "config", "data", "evaluation"},
     "card": {"core", "config"},
-    "review": {"core", "config", "card", "provenance"},
+    "review": {"pathtrail", "core", "config", "card", "provenance"},
     "pipeline": {"core", "config", "provenance", "data", "stain", "evaluation", "train", "card"},
     "cli": {"core", "config", "data", "provenance", "review"},
 }

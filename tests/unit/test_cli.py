@@ -43,7 +43,7 @@ def test_trail_timeline_filter_and_json(tree, capsys, monkeypatch):
     lines = out.splitlines()
     assert lines[0].split()[:3] == ["seq", "time", "(UTC)"]
     assert any(" train " in ln and " end " in ln and " ok " in ln for ln in lines)
-    assert "chain intact: 16 entries" in out
+    assert "chain intact: 17 entries" in out
     assert main(["trail", "--stage", "model_card"]) == 0
     body = capsys.readouterr().out.splitlines()[1:-2]
     assert len(body) == 2 and all(" model_card " in ln for ln in body)

@@ -40,7 +40,7 @@ def edit_json(path: Path, edit) -> None:
 def test_untampered_tree_passes_every_check(tree):
     report = verify(tree)
     assert report.problems == []
-    assert [c.name for c in report.checks] == ["audit", "artifacts", "card", "dvc"]
+    assert [c.name for c in report.checks] == ["audit", "artifacts", "card", "dvc", "signature"]
     text = format_report(report)
     assert "RESULT: PASS" in text and "[FAIL]" not in text
 

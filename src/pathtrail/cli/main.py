@@ -1,4 +1,4 @@
-"""The `pathtrail` command: `validate`, `verify` and `trail`.
+"""The `pathtrail` command: `validate`, `verify`, `trail`, `keygen` and `sign`.
 
 `main(argv)` returns the exit status (the console script calls `sys.exit(main())`). User errors are
 one clear message on stderr and a non-zero status, never a traceback.
@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pathtrail.core.errors import PathTrailError
+from pathtrail.core.text import printable
 
 USAGE_ERROR = 2
 
@@ -32,12 +33,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="recompute everything; exit 0 only when trail, artifacts, card and dvc.lock agree",
     )
     v.add_argument("--root", default=".", help="repository root (default: the current folder)")
+    v.add_argument("--release", action="store_true",
+                   help="also require a valid signature by a trusted key on every card")
+    v.add_argument("--trusted-key", action="append", default=[], metavar="PUB",
+                   help="a trusted public key file, in addition to keys/trusted/ (repeatable)")
     t = sub.add_parser("trail", help="the audit trail as a readable timeline")
     t.add_argument(
         "--path", default="audit/trail.jsonl", help="trail file (default: audit/trail.jsonl)"
     )
     t.add_argument("--stage", default=None, help="only this stage's entries")
     t.add_argument("--json", action="store_true", help="raw entries as JSON lines")
+    from pathtrail.cli.sign import add_parsers
+
+    add_parsers(sub)
     return parser
 
 
@@ -51,9 +59,11 @@ def main(argv: list[str] | None = None) -> int:
         except SystemExit as exc:  # argparse has printed usage or help
             return exc.code if isinstance(exc.code, int) else USAGE_ERROR
         _quiet_logging()
-        command: Callable[[argparse.Namespace], int] = {"verify": _verify, "trail": _trail}[
-            args.command
-        ]
+        from pathtrail.cli.sign import keygen_command, sign_command
+
+        command: Callable[[argparse.Namespace], int] = {
+            "verify": _verify, "trail": _trail, "keygen": keygen_command, "sign": sign_command,
+        }[args.command]
         return command(args)
     except PathTrailError as exc:
         print(f"pathtrail: error: {exc}", file=sys.stderr)
@@ -82,13 +92,16 @@ def _verify(args: argparse.Namespace) -> int:
     root = Path(args.root)
     if not root.is_dir():
         raise PathTrailError(f"--root {args.root}: no such folder")
-    report = verify(root)
+    for key in args.trusted_key:
+        if not Path(key).is_file():
+            raise PathTrailError(f"--trusted-key {key}: no such file")
+    report = verify(root, release=args.release, trusted_keys=args.trusted_key)
     sys.stdout.write(format_report(report))
     return 0 if report.ok else 1
 
 
 def _trail(args: argparse.Namespace) -> int:
-    from pathtrail.provenance.audit import chain_problems, read_entries
+    from pathtrail.provenance.audit import chain_report, read_entries
     from pathtrail.review.timeline import format_json, format_timeline
 
     path = Path(args.path)
@@ -97,13 +110,15 @@ def _trail(args: argparse.Namespace) -> int:
             f"{args.path}: no audit trail here (run from the repository root, or pass --path)"
         )
     entries = read_entries(path)
-    problems = chain_problems(entries)
+    problems, notes = chain_report(entries)
     if args.json:
         sys.stdout.write(format_json(entries, args.stage))
         for p in problems:
             print(f"CHAIN BROKEN: {p}", file=sys.stderr)
     else:
         sys.stdout.write(format_timeline(entries, problems, args.stage))
+        for n in notes:
+            print(printable(f"repaired: {n}"))
     return 1 if problems else 0
 
 

@@ -84,3 +84,26 @@ def remove_outputs(*paths: str | Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
         elif p.exists():
             p.unlink()
+
+
+def repo_path(root: str | Path, rel: Any, what: str) -> tuple[Path | None, str | None]:
+    """`rel` (a path named by a card, trail or signature) resolved inside `root`, or a problem.
+
+    Refused, with a sentence saying why: a non-string, an absolute path, a `..` escape or a
+    symlink leading outside the repository, and anything that exists but is neither a regular
+    file nor a folder (FIFOs, devices, sockets), so a reviewer's tool never blocks on or reads them.
+    A path that does not exist is returned (callers report it as missing)."""
+    if not isinstance(rel, str) or not rel or "\0" in rel:
+        return None, f"{what}: {rel!r} is not a file path"
+    if Path(rel).is_absolute():
+        return None, f"{what}: {rel!r} is an absolute path; only paths inside the repository are read"
+    base = Path(root).resolve()
+    try:
+        target = (base / rel).resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop
+        return None, f"{what}: {rel!r} cannot be resolved ({exc})"
+    if target != base and base not in target.parents:
+        return None, f"{what}: {rel!r} leads outside the repository; it was not read"
+    if target.exists() and not (target.is_file() or target.is_dir()):
+        return None, f"{what}: {rel!r} is not a regular file or folder; it was not read"
+    return target, None

@@ -14,22 +14,43 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import time
 from pathlib import Path
 from typing import Any
 
 CHUNK = 1 << 20
+RACY_S = 2.0
+_CACHE: dict[tuple[Any, ...], str] = {}
 
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _stat_key(st: os.stat_result, path: str | Path) -> tuple[Any, ...]:
+    return (os.path.realpath(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
+
+
 def sha256_file(path: str | Path) -> str:
+    """sha256 of a file's bytes, through the process's stat-keyed cache.
+
+    The cache key is (real path, size, mtime_ns, ctime_ns, inode, device), so any write or
+    replacement of the file misses it. As in git's "racy" rule, a hash is only cached once the
+    file's mtime is more than RACY_S seconds old: an edit inside the filesystem's timestamp
+    granularity cannot hide behind an unchanged stat."""
+    before = os.stat(path)
+    key = _stat_key(before, path)
+    if (hit := _CACHE.get(key)) is not None:
+        return hit
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(CHUNK):
             h.update(block)
-    return h.hexdigest()
+    value = h.hexdigest()
+    if time.time_ns() - before.st_mtime_ns > RACY_S * 1e9 and _stat_key(os.stat(path), path) == key:
+        _CACHE[key] = value
+    return value
 
 
 def sha256_path(path: str | Path) -> str:

@@ -1,7 +1,9 @@
 """evaluate: internal test split, external cohort and each site, with patient-clustered CIs.
 
-The operating threshold is chosen on the internal validation split and locked (logged and
-noted for the audit trail's end entry) before the test split or the external cohort is read.
+The operating threshold is chosen on the internal validation split and locked: a
+`threshold_locked` audit entry (threshold, rule, sha256 of the validation probabilities) is
+appended before the test split or the external cohort is opened. `pathtrail verify` checks that
+order (tests/stages/test_pipeline_stages.py).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import pandas as pd
 from pathtrail.config.loading import parse_section
 from pathtrail.config.sections import DataParams, EvalParams
 from pathtrail.core.files import read_table, write_csv, write_json
+from pathtrail.core.hashing import digest
 from pathtrail.data.store import open_store
 from pathtrail.evaluation.plots import cohort_plots
 from pathtrail.evaluation.report import Cohort, choose_threshold, domain_shift, evaluate_cohort
@@ -57,6 +60,8 @@ def run(params: Mapping[str, Any], paths: Paths, *, trail: str | None = None) ->
         threshold = (choose_threshold(val.label, positive(val_probs), ev.threshold_rule, ev.target_sensitivity,
                                       ev.fixed_threshold) if val_probs.shape[1] == 2 else None)
         rec.note(threshold=threshold, threshold_rule=ev.threshold_rule)
+        rec.record("threshold_locked", threshold=threshold, threshold_rule=ev.threshold_rule,
+                   n_val=len(val), val_probabilities_sha256=digest(val_probs.tolist()))
         log.info("evaluate.threshold_locked", threshold=threshold, rule=ev.threshold_rule, n_val=len(val))
         # Only now are the test split and the external cohort read.
         cohorts = {"internal_test": read_table(split / "test.csv")}

@@ -18,7 +18,9 @@ from pathtrail.card.build import lock_stage_hashes
 from pathtrail.card.render import render_markdown
 from pathtrail.card.values import CARD_STAGE, flatten, get
 from pathtrail.config.loading import ParamsError, read_params
+from pathtrail.core.files import repo_path
 from pathtrail.core.hashing import digest, sha256_bytes, sha256_path
+from pathtrail.review.release import card_files
 
 MAX_DIFFS = 20
 COMPARED_FILES = (
@@ -32,17 +34,23 @@ def card_problems(root: Path, entries: list[dict[str, Any]]) -> tuple[list[str],
     """(problems, notes) for every `model_cards/*.json` under `root`."""
     problems: list[str] = []
     notes: list[str] = []
-    cards = sorted((root / "model_cards").glob("*.json"))
+    cards = card_files(root)
     if not cards:
         problems.append("model_cards/*.json: no model card; run `dvc repro model_card`")
     for path in cards:
         rel = path.relative_to(root).as_posix()
         try:
             card = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            problems.append(f"{rel}: not readable as JSON ({exc})")
+        except (OSError, UnicodeError, ValueError, RecursionError) as exc:
+            problems.append(f"{rel}: not readable as JSON ({type(exc).__name__})")
             continue
-        found = [f"{rel}: {p}" for p in check_card(card, path, root, entries)]
+        if not isinstance(card, dict):
+            problems.append(f"{rel}: a JSON {type(card).__name__}, not a model card object")
+            continue
+        try:
+            found = [f"{rel}: {p}" for p in check_card(card, path, root, entries)]
+        except (TypeError, AttributeError, ValueError, KeyError, RecursionError) as exc:
+            found = [f"{rel}: malformed card, the checks stopped at {type(exc).__name__}: {str(exc)[:200]}"]
         problems += found
         notes.append(f"{rel}: {card.get('release_status')}" + ("" if found else ", consistent"))
     return problems, notes
@@ -59,7 +67,7 @@ def check_card(
     out += _params(card, root)
     out += _git_commit(card, root)
     out += _chain_head(card, entries)
-    out += _figures(card, path.parent)
+    out += _figures(card, path.parent, root)
     out += _inputs(card, root)
     out += _lock(card, root)
     return out
@@ -264,11 +272,13 @@ def _chain_head(card: dict[str, Any], entries: list[dict[str, Any]]) -> list[str
     return out
 
 
-def _figures(card: dict[str, Any], folder: Path) -> list[str]:
+def _figures(card: dict[str, Any], folder: Path, root: Path) -> list[str]:
     out = []
     for rel, sha in sorted((card.get("figures") or {}).items()):
-        path = folder / rel
-        if not path.is_file():
+        path, refused = repo_path(root, (folder.relative_to(root) / rel).as_posix(), f"card field figures.{rel}")
+        if refused or path is None:
+            out.append(str(refused))
+        elif not path.is_file():
             out.append(f"card field figures.{rel}: model_cards/{rel} is missing")
         elif (now := sha256_path(path)) != sha:
             out.append(
@@ -280,7 +290,10 @@ def _figures(card: dict[str, Any], folder: Path) -> list[str]:
 def _inputs(card: dict[str, Any], root: Path) -> list[str]:
     out = []
     for rel, sha in sorted((get(card, "provenance.inputs") or {}).items()):
-        path = root / rel
+        path, refused = repo_path(root, rel, f"card field provenance.inputs.{rel}")
+        if refused or path is None:
+            out.append(str(refused))
+            continue
         now = sha256_path(path) if path.exists() else None
         if now != sha:
             out.append(

@@ -6,6 +6,8 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+from pathtrail.core.text import printable
+
 HEADER = ("seq", "time (UTC)", "actor", "stage", "action", "outcome", "entry", "details")
 
 
@@ -24,13 +26,13 @@ def details(e: dict[str, Any]) -> str:
     parts = []
     if e.get("action") == "start":
         parts.append(f"params {str(e.get('params_sha256', ''))[:8]}")
-        parts.append(f"{len(e.get('inputs') or {})} inputs")
+        parts.append(f"{len(e['inputs']) if isinstance(e.get('inputs'), dict) else 0} inputs")
         commit = str(e.get("git_commit"))[:8] if e.get("git_commit") else "none"
         parts.append(f"commit {commit}{'+dirty' if e.get('git_dirty') else ''}")
     else:
-        if e.get("duration_s") is not None:
+        if isinstance(e.get("duration_s"), int | float):
             parts.append(f"{e['duration_s']:.1f} s")
-        if e.get("outputs") is not None:
+        if isinstance(e.get("outputs"), dict):
             parts.append(f"{len(e['outputs'])} outputs")
         if e.get("error"):
             parts.append(f"error: {str(e['error'])[:120]}")
@@ -62,12 +64,12 @@ def format_timeline(
     rows = [HEADER, *(row(e) for e in select(entries, stage))]
     widths = [max(len(r[i]) for r in rows) for i in range(len(HEADER) - 1)]
     lines = [
-        "  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1]
+        printable("  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1])
         for r in rows
     ]
     if problems:
         lines += ["", f"CHAIN BROKEN ({len(problems)} problem{'s' if len(problems) != 1 else ''}):"]
-        lines += [f"  - {p}" for p in problems]
+        lines += [f"  - {printable(p)}" for p in problems]
     else:
         lines += ["", f"chain intact: {len(entries)} entries"]
     return "\n".join(lines) + "\n"

@@ -1,15 +1,22 @@
 """`pathtrail verify`: recompute everything and report where trail, artifacts, card and dvc.lock disagree.
 
-Four checks, each a list of problems (one sentence naming the file and the field) plus notes:
+Five checks, each a list of problems (one sentence naming the file and the field) plus notes:
 
-* `audit`     the hash chain of `audit/trail.jsonl` (edited, deleted, reordered entries);
+* `audit`     the hash chain of `audit/trail.jsonl` (edited, deleted, reordered entries; torn
+              lines repaired by a recovery entry are notes), and that the latest evaluate run
+              locked its threshold (a `threshold_locked` entry) before it recorded any result;
 * `artifacts` every output of each stage's latest successful run, re-hashed against the trail;
 * `card`      each `model_cards/*.json` against the model, metrics, params, git, trail and its
               own Markdown (see `pathtrail.review.card_checks`);
 * `dvc`       dvc.lock against the workspace: our own comparison of params (key by key) and file
-              md5s, plus `dvc status --json` for everything else (directories, missing outputs).
+              md5s, plus `dvc status --json` for everything else (directories, missing outputs);
+* `signature` each card's `model_cards/NAME.sig.json` (see `pathtrail.review.release`): VALID,
+              INVALID or UNSIGNED. With `release=True` a card passes only with a valid signature by
+              a trusted key whose subjects all match, and no entry recorded after the signed head.
 
-Exit status 0 only when every check passes.
+Every path read from a card, the trail or a signature must resolve inside the repository
+(`core.files.repo_path`); anything else is a problem, never a file opened. Exit status 0 only when
+every check passes.
 """
 
 from __future__ import annotations
@@ -29,12 +36,16 @@ import yaml
 
 from pathtrail.card.values import flatten, get
 from pathtrail.config.loading import ParamsError, read_params
+from pathtrail.core.files import repo_path
 from pathtrail.core.hashing import sha256_path
+from pathtrail.core.text import printable
 from pathtrail.provenance import audit
 from pathtrail.review.card_checks import card_problems
+from pathtrail.review.release import card_files, check_signature, trusted_keys
 
-CHECKS = ("audit", "artifacts", "card", "dvc")
-TITLES = {"audit": "audit trail", "artifacts": "artifacts", "card": "model card", "dvc": "dvc.lock"}
+CHECKS = ("audit", "artifacts", "card", "dvc", "signature")
+TITLES = {"audit": "audit trail", "artifacts": "artifacts", "card": "model card", "dvc": "dvc.lock",
+          "signature": "signature"}
 log = structlog.get_logger(__name__)
 
 
@@ -71,6 +82,9 @@ def verify(
     repo_root: str | Path = ".",
     checks: Collection[str] = CHECKS,
     trail: str | Path = audit.DEFAULT_TRAIL,
+    *,
+    release: bool = False,
+    trusted_keys: list[str] | None = None,
 ) -> Report:
     root = Path(repo_root)
     unknown = set(checks) - set(CHECKS)
@@ -82,6 +96,7 @@ def verify(
         "artifacts": lambda c: artifact_check(c, root, entries),
         "card": lambda c: c.add(*card_problems(root, entries)),
         "dvc": lambda c: dvc_check(c, root),
+        "signature": lambda c: signature_check(c, root, entries, release, trusted_keys),
     }
     report = Report(str(repo_root), [])
     for name in (n for n in CHECKS if n in checks):
@@ -97,15 +112,58 @@ def audit_check(check: Check, entries: list[dict[str, Any]], trail: Path) -> Non
     if not entries:
         check.problems.append(f"{trail.as_posix()}: no audit trail (missing or empty)")
         return
-    check.problems += [f"{trail.as_posix()}: {p}" for p in audit.chain_problems(entries)]
+    problems, notes = audit.chain_report(entries)
+    check.problems += [f"{trail.as_posix()}: {p}" for p in problems]
+    check.problems += [f"{trail.as_posix()}: {p}" for p in threshold_order_problems(entries)]
+    check.notes += [f"{trail.as_posix()}: {n}" for n in notes]
     check.notes.append(f"{len(entries)} entries, head {str(entries[-1].get('entry_hash'))[:12]}")
+
+
+def threshold_order_problems(entries: list[dict[str, Any]]) -> list[str]:
+    """The latest successful evaluate run has a `threshold_locked` entry between its start and its
+    end, holding the threshold its end entry (and so metrics/eval.json) reports."""
+    ends = [e for e in entries if e.get("stage") == "evaluate" and e.get("action") == "end"
+            and e.get("outcome") == "ok"]
+    if not ends:
+        return []
+    end = ends[-1]
+    run = [e for e in entries if e.get("run_id") == end.get("run_id") and e.get("stage") == "evaluate"]
+    locks = [e for e in run if e.get("action") == "threshold_locked"]
+    where = f"evaluate run seq {end.get('seq')}"
+    if not locks:
+        return [(f"{where}: no threshold_locked entry; the threshold is not proven to be fixed before the "
+                "test split and the external cohort were read (rerun `dvc repro evaluate`)")]
+    lock, facts = locks[0], end.get("facts") if isinstance(end.get("facts"), dict) else {}
+    out = []
+    if run[0].get("action") != "start" or run.index(lock) > run.index(end):
+        out.append(f"{where}: the threshold_locked entry (seq {lock.get('seq')}) is not between its start and end")
+    if facts.get("threshold") != lock.get("threshold"):
+        out.append(f"{where}: the end entry reports threshold {facts.get('threshold')!r} but "
+                   f"{lock.get('threshold')!r} was locked (seq {lock.get('seq')})")
+    return out
+
+
+def signature_check(check: Check, root: Path, entries: list[dict[str, Any]], release: bool,
+                    extra_keys: list[str] | None) -> None:
+    keys, key_problems = trusted_keys(root, extra_keys)
+    check.problems += key_problems
+    cards = card_files(root)
+    for path in cards:
+        try:
+            card = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeError, ValueError):
+            card = None  # the card check names it
+        check.add(*check_signature(root, path, card, entries, keys, release))
+    if release and not cards:
+        check.problems.append("model_cards/*.json: no model card to release")
+    check.notes.append(f"{len(keys)} trusted key{'s' if len(keys) != 1 else ''}")
 
 
 # ------------------------------------------------------------------------------------ artifacts
 def latest_successful_ends(entries: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     ends: dict[str, dict[str, Any]] = {}
     for e in entries:
-        if e.get("action") == "end" and e.get("outcome") == "ok":
+        if e.get("action") == "end" and e.get("outcome") == "ok" and isinstance(e.get("outputs"), dict):
             ends[str(e.get("stage"))] = e
     return ends
 
@@ -115,9 +173,14 @@ def artifact_check(check: Check, root: Path, entries: list[dict[str, Any]]) -> N
     n = 0
     for stage, end in sorted(ends.items()):
         for rel, recorded in sorted((end.get("outputs") or {}).items()):
-            path, where = root / rel, f"(stage {stage}, trail seq {end.get('seq')})"
+            where = f"(stage {stage}, trail seq {end.get('seq')})"
+            path, refused = repo_path(root, rel, f"trail output {where}")
             n += 1
-            if not path.exists():
+            if refused or path is None:
+                check.problems.append(refused or f"{rel!r} {where}: unusable")
+            elif not isinstance(recorded, str | None):
+                check.problems.append(f"{rel} {where}: the recorded sha256 {recorded!r} is not a hash")
+            elif not path.exists():
                 if recorded is not None:
                     check.problems.append(
                         f"{rel} {where}: missing; the trail recorded sha256 {recorded[:12]}…"
@@ -135,13 +198,18 @@ def artifact_check(check: Check, root: Path, entries: list[dict[str, Any]]) -> N
         for e in entries
         if e.get("action") == "end"
         and e.get("outcome") == "failed"
-        and e.get("seq", -1) > ends.get(str(e.get("stage")), {}).get("seq", -1)
+        and _seq(e) > _seq(ends.get(str(e.get("stage")), {}))
     }
     check.notes += [
         f"stage {s}: latest run failed (seq {e.get('seq')}): {e.get('error')}"
         for s, e in failed_later.items()
     ]
     check.notes.append(f"{n} outputs of {len(ends)} stages re-hashed")
+
+
+def _seq(entry: dict[str, Any]) -> int:
+    seq = entry.get("seq")
+    return seq if isinstance(seq, int) and not isinstance(seq, bool) else -1
 
 
 # ------------------------------------------------------------------------------------------ dvc
@@ -310,9 +378,9 @@ def format_report(report: Report) -> str:
         notes = "; ".join(c.notes)
         lines.append(
             f"[{'PASS' if c.ok else 'FAIL'}] {TITLES.get(c.name, c.name)}"
-            + (f": {notes}" if notes else "")
+            + (f": {printable(notes)}" if notes else "")
         )
-        lines += [f"    - {p}" for p in c.problems]
+        lines += [f"    - {printable(p)}" for p in c.problems]
     n = len(report.problems)
     lines.append(
         "RESULT: PASS (everything agrees)"

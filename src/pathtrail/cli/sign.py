@@ -1,0 +1,102 @@
+"""`pathtrail keygen` and `pathtrail sign`: a reviewer's key pair, and a signed release statement."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from pathtrail.core.errors import PathTrailError
+from pathtrail.core.files import write_text
+from pathtrail.core.hashing import canonical_json
+from pathtrail.provenance import audit
+from pathtrail.provenance.signing import keygen, keyid_of, load_private, load_public, sign_statement
+
+DEFAULT_KEY_DIR = Path("~/.config/pathtrail/keys")
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    k = sub.add_parser("keygen", help="create an Ed25519 key pair for signing releases")
+    k.add_argument("--out", default=str(DEFAULT_KEY_DIR),
+                   help=f"folder for the key pair (default: {DEFAULT_KEY_DIR}); never a repository")
+    k.add_argument("--name", default="", help='the key holder, e.g. "Q. A. Reviewer"')
+    k.add_argument("--allow-inside-repo", action="store_true",
+                   help="write the private key inside a git work tree anyway (not recommended)")
+    s = sub.add_parser("sign", help="sign a model card that verifies: writes model_cards/NAME.sig.json")
+    s.add_argument("--key", required=True, help="the private key file written by `pathtrail keygen`")
+    s.add_argument("--card", default=None, help="the card JSON (default: the only model_cards/*.json)")
+    s.add_argument("--root", default=".", help="repository root (default: the current folder)")
+    s.add_argument("--name", default=None, help="signer name (default: the name in the key's .pub.json)")
+
+
+def git_work_tree(path: Path) -> Path | None:
+    for folder in [path, *path.parents]:
+        if (folder / ".git").exists():
+            return folder
+    return None
+
+
+def keygen_command(args: argparse.Namespace) -> int:
+    out = Path(args.out).expanduser().resolve()
+    repo = git_work_tree(out)
+    if repo is not None and not args.allow_inside_repo:
+        raise PathTrailError(f"--out {args.out}: inside the git repository {repo}; a private key must never be "
+                             "committed. Choose a folder outside it (the default is "
+                             f"{DEFAULT_KEY_DIR}), or pass --allow-inside-repo")
+    private, public, keyid = keygen(out, args.name or "unnamed")
+    print(f"private key: {private} (mode 0600; keep it secret, never commit it)")
+    print(f"public key:  {public}")
+    print(f"key id:      {keyid}")
+    print(f"To trust this key in a repository: cp {public} keys/trusted/ && git add keys/trusted/")
+    return 0
+
+
+def _card(root: Path, card: str | None) -> Path:
+    from pathtrail.review.release import card_files
+
+    if card:
+        path = Path(card) if Path(card).is_absolute() else root / card
+        if not path.is_file():
+            raise PathTrailError(f"--card {card}: no such card")
+        return path
+    cards = card_files(root)
+    if len(cards) != 1:
+        names = ", ".join(p.name for p in cards) or "none"
+        raise PathTrailError(f"model_cards/: {len(cards)} cards ({names}); name one with --card")
+    return cards[0]
+
+
+def sign_command(args: argparse.Namespace) -> int:
+    from pathtrail.review.release import signature_path, statement
+    from pathtrail.review.verify import CHECKS, format_report, verify
+
+    root = Path(args.root)
+    key = load_private(Path(args.key).expanduser())
+    card = _card(root, args.card).resolve()
+    root = root.resolve()
+    if root not in card.parents:
+        raise PathTrailError(f"--card {args.card}: not inside the repository {root}")
+    report = verify(root, checks=[c for c in CHECKS if c != "signature"])
+    if not report.ok:
+        sys.stdout.write(format_report(report))
+        raise PathTrailError("verify fails: only a card that verifies can be signed. Fix the problems above "
+                             "(usually `dvc repro`), then sign again")
+    keyid = keyid_of(key.public_key())
+    name = args.name
+    pub = Path(args.key).expanduser().with_suffix(".pub.json")
+    if name is None and pub.is_file():
+        public = load_public(pub)
+        name = public.name if public.keyid == keyid else None
+    entries = audit.read_entries(root / audit.DEFAULT_TRAIL)
+    st = statement(root, card, entries, None, name or "unnamed")
+    st["predicate"]["signer"]["keyid"] = keyid
+    out = signature_path(card)
+    write_text(canonical_json(sign_statement(st, key)), out)
+    pred = st["predicate"]
+    print(f"signed {card.relative_to(root)} -> {out.relative_to(root)}")
+    print(f"  signer {json.dumps(pred['signer']['name'])}, key {keyid[:16]}")
+    print(f"  {len(st['subject'])} subjects, audit head seq {pred['audit']['head_seq']} "
+          f"({pred['audit']['entries']} entries), status {pred['release_status']}")
+    print("Commit it: git add " + out.relative_to(root).as_posix())
+    return 0
