@@ -267,3 +267,18 @@ def test_a_private_key_dropped_into_keys_trusted_is_called_out(signed, keys):
     (signed / "keys/trusted/oops.pem").write_bytes(keys[0].read_bytes())
     found = release(signed, keys[1])
     assert any("oops.pem" in p and "PRIVATE key" in p for p in found)
+
+
+def test_a_signed_draft_is_not_a_release(tree, keys, capsys):
+    card = json.loads((tree / CARD_JSON).read_text())
+    assert card["release_status"] == "RELEASE CANDIDATE"
+    assert main(["sign", "--key", str(keys[0]), "--root", str(tree)]) == 0
+    notes = [n for c in verify(tree, checks=["signature"], trusted_keys=[str(keys[1])]).checks for n in c.notes]
+    assert any("RELEASED" in n for n in notes)
+    st_path = tree / SIG  # a DRAFT card, validly signed by the trusted key
+    card["release_status"] = "DRAFT – NOT FOR RELEASE"
+    write_json(card, tree / CARD_JSON)
+    resign(tree, keys[0], lambda st: None)
+    assert st_path.is_file()
+    found = release(tree, keys[1])
+    assert any("only a RELEASE CANDIDATE can be released" in p for p in found)

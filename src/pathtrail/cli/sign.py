@@ -98,5 +98,8 @@ def sign_command(args: argparse.Namespace) -> int:
     print(f"  signer {json.dumps(pred['signer']['name'])}, key {keyid[:16]}")
     print(f"  {len(st['subject'])} subjects, audit head seq {pred['audit']['head_seq']} "
           f"({pred['audit']['entries']} entries), status {pred['release_status']}")
+    if pred["release_status"] != "RELEASE CANDIDATE":
+        print(f"note: the card's status is {pred['release_status']}; `verify --release` fails on it whatever "
+              "its signature (only a RELEASE CANDIDATE can be released)")
     print("Commit it: git add " + out.relative_to(root).as_posix())
     return 0

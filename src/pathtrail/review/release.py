@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from pathtrail import __version__
-from pathtrail.card.values import get
+from pathtrail.card.values import RELEASE_CANDIDATE, get
 from pathtrail.core.files import repo_path
 from pathtrail.core.hashing import sha256_path
 from pathtrail.provenance.signing import (
@@ -160,6 +160,12 @@ def check_signature(root: Path, card_path: Path, card: Any, entries: list[dict[s
         found, later = statement_problems(root, card_rel, card, opened.statement, entries)
         problems += [f"{sig_rel}: INVALID: {p}" for p in found]
         (problems if release else notes).extend(f"{sig_rel}: {n}" for n in later)
+    status = card.get("release_status") if isinstance(card, dict) else None
+    if release and status != RELEASE_CANDIDATE:
+        problems.append(f"{card_rel}: release status is {str(status)[:40]!r}; only a {RELEASE_CANDIDATE} "
+                        "can be released, whatever its signature")
+    elif valid and not problems:
+        notes.append(f"{card_rel}: RELEASED ({RELEASE_CANDIDATE} signed by a trusted key)")
     return problems, notes
 
 

@@ -29,6 +29,10 @@ def details(e: dict[str, Any]) -> str:
         parts.append(f"{len(e['inputs']) if isinstance(e.get('inputs'), dict) else 0} inputs")
         commit = str(e.get("git_commit"))[:8] if e.get("git_commit") else "none"
         parts.append(f"commit {commit}{'+dirty' if e.get('git_dirty') else ''}")
+    elif e.get("action") == "threshold_locked":
+        parts.append(f"threshold {e.get('threshold')} ({e.get('threshold_rule')}) locked")
+    elif e.get("action") == "recover":
+        parts.append(f"torn line {e.get('torn_line')} kept verbatim ({e.get('torn_bytes')} bytes)")
     else:
         if isinstance(e.get("duration_s"), int | float):
             parts.append(f"{e['duration_s']:.1f} s")
