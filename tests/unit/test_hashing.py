@@ -66,3 +66,27 @@ def test_params_errors_name_the_file_they_came_from(tmp_path):
         parse_section(read_params(path), "eval", EvalParams)
     with pytest.raises(ParamsError, match=r"^params\.yaml: missing section"):
         parse_section({}, "eval", EvalParams)
+
+
+def test_a_folder_hash_follows_no_link_and_sees_every_entry(tmp_path):
+    import os
+
+    from pathtrail.core.hashing import sha256_path
+
+    folder, outside = tmp_path / "f", tmp_path / "outside"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "sub/a.txt").write_text("a")
+    outside.mkdir()
+    (outside / "x.txt").write_text("x")
+    plain = sha256_path(folder)
+    seen = {plain}
+    for add in (lambda: (folder / "link").symlink_to(outside, target_is_directory=True),
+                lambda: (folder / "filelink").symlink_to(outside / "x.txt"),
+                lambda: (folder / "empty").mkdir(),
+                lambda: os.mkfifo(folder / "pipe")):
+        add()
+        now = sha256_path(folder)  # returns: the FIFO is never opened
+        assert now not in seen
+        seen.add(now)
+    (outside / "x.txt").write_text("changed")  # content behind a link is not part of the hash
+    assert sha256_path(folder) in seen

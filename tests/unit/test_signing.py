@@ -252,7 +252,7 @@ def test_sign_refuses_a_card_that_does_not_verify(tree, keys, capsys):
 def test_a_bad_trusted_key_file_is_named(signed, keys):
     (signed / "keys/trusted").mkdir(parents=True)
     (signed / "keys/trusted/broken.pub.json").write_text("[]")
-    found = release(signed, keys[1])
+    found = release(signed)
     assert any("broken.pub.json" in p for p in found)
 
 
@@ -265,7 +265,9 @@ def test_the_signature_check_needs_only_the_files(signed, keys):
 def test_a_private_key_dropped_into_keys_trusted_is_called_out(signed, keys):
     (signed / "keys/trusted").mkdir(parents=True)
     (signed / "keys/trusted/oops.pem").write_bytes(keys[0].read_bytes())
-    found = release(signed, keys[1])
+    os.mkfifo(signed / "keys/trusted/pipe.pub.json")
+    found = release(signed)
+    assert any("pipe.pub.json" in p and "not a regular file" in p for p in found)
     assert any("oops.pem" in p and "PRIVATE key" in p for p in found)
 
 
@@ -282,3 +284,63 @@ def test_a_signed_draft_is_not_a_release(tree, keys, capsys):
     assert st_path.is_file()
     found = release(tree, keys[1])
     assert any("only a RELEASE CANDIDATE can be released" in p for p in found)
+
+
+def test_a_key_the_forger_commits_is_ignored_when_the_reviewer_brings_theirs(signed, keys, tmp_path):
+    forge_the_model(signed)
+    forger, forger_pub = keypair(tmp_path / "mallory", "Q. A. Reviewer")  # same display name
+    (signed / "keys/trusted").mkdir(parents=True)
+    (signed / "keys/trusted" / forger_pub.name).write_bytes(forger_pub.read_bytes())
+    assert main(["sign", "--key", str(forger), "--root", str(signed)]) == 0
+    assert release(signed) == [], "the repository's own list trusts the committed key"
+    found = release(signed, keys[1])
+    assert found and any("UNTRUSTED" in p for p in found)
+
+
+def test_nothing_can_be_slipped_into_a_signed_folder(signed, keys, tmp_path):
+    hidden = tmp_path / "hidden"
+    hidden.mkdir()
+    (hidden / "external.csv").write_text("forged\n")
+    folder = signed / "reports/figures/eval"  # a folder output dvc.lock records, so a subject
+    for add in (lambda: (folder / "extra").symlink_to(hidden, target_is_directory=True),
+                lambda: (folder / "emptydir").mkdir()):
+        add()
+        found = release(signed, keys[1])
+        assert any("subject reports/figures/eval differs" in p for p in found), found
+        subprocess.run(["rm", "-rf", str(folder / "extra"), str(folder / "emptydir")], check=True)
+        assert release(signed, keys[1]) == []
+
+
+def add_signature(root: Path, key: Path, *, corrupt: bool = False) -> None:
+    env = json.loads((root / SIG).read_text())
+    extra = sign_statement(json.loads(base64.b64decode(env["payload"])), load_private(key))["signatures"][0]
+    if corrupt:
+        extra["sig"] = base64.b64encode(b"\0" * 64).decode()
+    env["signatures"].append(extra)
+    write_json(env, root / SIG)
+
+
+def test_an_unknown_co_signer_does_not_block_a_valid_trusted_signature(signed, keys, tmp_path):
+    other, _ = keypair(tmp_path / "co", "Co Signer")
+    add_signature(signed, other)
+    assert release(signed, keys[1]) == []
+    add_signature(signed, keys[0], corrupt=True)
+    assert any("INVALID" in p for p in release(signed, keys[1]))
+
+
+def test_a_key_given_twice_in_the_envelope_is_refused(signed, keys):
+    text = (signed / SIG).read_text()
+    env = json.loads(text)
+    forged = text.replace('"payload":', f'"payload": "{env["payload"][:-4]}AAAA",\n  "payload":', 1)
+    (signed / SIG).write_text(forged)
+    found = release(signed, keys[1])
+    assert any("appears twice" in p for p in found)
+
+
+def test_a_signature_file_linked_outside_the_repository_is_not_read(signed, keys, tmp_path):
+    outside = tmp_path / "elsewhere.sig.json"
+    outside.write_bytes((signed / SIG).read_bytes())
+    (signed / SIG).unlink()
+    (signed / SIG).symlink_to(outside)
+    found = release(signed, keys[1])
+    assert any("outside the repository" in p for p in found)

@@ -108,3 +108,54 @@ def test_an_evaluate_run_without_a_locked_threshold_fails_audit(tree):
         rec.note(threshold=0.5)
     found = verify(tree, checks=["audit"]).problems
     assert any("reports threshold 0.5 but 0.3 was locked" in p for p in found)
+
+
+@pytest.mark.parametrize("line", ['{"seq": ' + "1" * 5000 + "}", '{"seq": 3, "duration_s": 1' + "0" * 400 + "}"])
+def test_numbers_past_python_limits_are_no_traceback(tree, capsys, line):
+    with open(tree / TRAIL, "a") as f:
+        f.write(line + "\n")
+    code, _ = run_verify(tree, capsys)
+    assert code == 1
+    assert main(["trail", "--path", str(tree / TRAIL)]) == 1
+    assert "Traceback" not in "".join(capsys.readouterr())
+
+
+@pytest.mark.parametrize("lock", ["stages: [", "- a\n- b\n", "stages: {x: 5}\n", "stages: {x: {outs: [1]}}\n"])
+def test_a_malformed_dvc_lock_is_named(tree, capsys, lock):
+    (tree / "dvc.lock").write_text(lock)
+    code, out = run_verify(tree, capsys)
+    assert code == 1 and "dvc.lock" in out
+
+
+def test_a_fifo_that_dvc_status_would_open_is_named_not_waited_on(tree, capsys):
+    (tree / "params.yaml").unlink()
+    os.mkfifo(tree / "params.yaml")
+    code, out = run_verify(tree, capsys)  # returns: a hang here would stall the suite
+    assert code == 1 and "params.yaml: not a regular file or folder" in out
+
+
+def test_a_trail_linked_outside_the_repository_is_not_read(tree, tmp_path, capsys):
+    outside = tmp_path / "trail.jsonl"
+    outside.write_bytes((tree / TRAIL).read_bytes())
+    (tree / TRAIL).unlink()
+    (tree / TRAIL).symlink_to(outside)
+    code, out = run_verify(tree, capsys)
+    assert code == 1 and "outside the repository" in out
+
+
+def test_a_deeply_nested_card_is_no_traceback(tree, capsys):
+    (tree / CARD_JSON).write_text("[" * 100_000)
+    code, out = run_verify(tree, capsys)
+    assert code == 1 and CARD_JSON in out
+
+
+def test_trail_json_mode_escapes_the_chain_report(tree, capsys):
+    trail = tree / TRAIL
+    lines = trail.read_text().splitlines()
+    e = json.loads(lines[2])
+    e["stage"] = "x\n[PASS] everything fine\x1b[32m"
+    lines[2] = json.dumps(e)
+    trail.write_text("\n".join(lines) + "\n")
+    assert main(["trail", "--json", "--path", str(trail)]) == 1
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and not any(ln.startswith("[PASS]") for ln in err.splitlines())

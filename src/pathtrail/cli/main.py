@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--release", action="store_true",
                    help="also require a valid signature by a trusted key on every card")
     v.add_argument("--trusted-key", action="append", default=[], metavar="PUB",
-                   help="a trusted public key file, in addition to keys/trusted/ (repeatable)")
+                   help="trust exactly this public key file (repeatable); keys/trusted/ in the "
+                        "repository is then ignored")
     t = sub.add_parser("trail", help="the audit trail as a readable timeline")
     t.add_argument(
         "--path", default="audit/trail.jsonl", help="trail file (default: audit/trail.jsonl)"
@@ -114,7 +115,7 @@ def _trail(args: argparse.Namespace) -> int:
     if args.json:
         sys.stdout.write(format_json(entries, args.stage))
         for p in problems:
-            print(f"CHAIN BROKEN: {p}", file=sys.stderr)
+            print(printable(f"CHAIN BROKEN: {p}"), file=sys.stderr)
     else:
         sys.stdout.write(format_timeline(entries, problems, args.stage))
         for n in notes:

@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 import os
+import stat
 import time
 from pathlib import Path
 from typing import Any
@@ -54,16 +55,41 @@ def sha256_file(path: str | Path) -> str:
 
 
 def sha256_path(path: str | Path) -> str:
-    """sha256 of a file, or of a directory as the hash of its sorted (relative path, file hash) list."""
+    """sha256 of a file, or of a directory as the hash of its sorted (relative path, file hash) list.
+
+    Inside a directory nothing is followed or opened except regular files: a symlink contributes
+    its target text (`path\0symlink:target`), an empty folder `path/\0folder`, a FIFO, socket or
+    device `path\0special`. A folder holding only regular files hashes exactly as it did before
+    those lines existed; adding a symlink, an empty folder or a FIFO anywhere changes the hash."""
     p = Path(path)
     if p.is_file():
         return sha256_file(p)
     if p.is_dir():
         h = hashlib.sha256()
-        for f in sorted(x for x in p.rglob("*") if x.is_file()):
-            h.update(f"{f.relative_to(p).as_posix()}\0{sha256_file(f)}\n".encode())
+        for rel, line in sorted(_tree_lines(p)):
+            h.update(f"{'/'.join(rel)}{line}\n".encode())
         return h.hexdigest()
     raise FileNotFoundError(f"cannot hash {p}: no such file or directory")
+
+
+def _tree_lines(root: Path) -> list[tuple[tuple[str, ...], str]]:
+    """(relative path parts, what follows the path) for every entry under `root`, links unfollowed."""
+    out: list[tuple[tuple[str, ...], str]] = []
+    for folder, dirs, files in os.walk(root, followlinks=False):
+        here = Path(folder)
+        rel = here.relative_to(root).parts
+        if not dirs and not files and rel:
+            out.append((rel, "/\0folder"))
+        for name in [*files, *(d for d in dirs if (here / d).is_symlink())]:
+            f = here / name
+            st = os.lstat(f)
+            if stat.S_ISLNK(st.st_mode):
+                out.append(((*rel, name), f"\0symlink:{os.readlink(f)}"))
+            elif stat.S_ISREG(st.st_mode):
+                out.append(((*rel, name), f"\0{sha256_file(f)}"))
+            else:
+                out.append(((*rel, name), "\0special"))
+    return out
 
 
 def canonical_json(obj: Any, *, compact: bool = False) -> str:
@@ -97,3 +123,18 @@ def json_ready(obj: Any) -> Any:
     if hasattr(obj, "item") and callable(obj.item):  # numpy / torch scalars
         return json_ready(obj.item())
     return obj
+
+
+def loads_unique(text: str | bytes) -> Any:
+    """`json.loads`, refusing an object that names a key twice (ValueError): parsers disagree on
+    which value counts, so a signed or reviewed file must not be ambiguous."""
+    return json.loads(text, object_pairs_hook=_unique_keys)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in seen:
+            raise ValueError(f"key {k[:40]!r} appears twice")
+        seen[k] = v
+    return seen

@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from pathtrail.core.errors import PathTrailError
 from pathtrail.core.files import write_text
-from pathtrail.core.hashing import canonical_json, sha256_bytes
+from pathtrail.core.hashing import canonical_json, loads_unique, sha256_bytes
 
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
@@ -168,7 +168,7 @@ def open_envelope(envelope: Any, trusted: list[PublicKey]) -> Opened:
         return Opened(None, [], f"payloadType is {str(envelope.get('payloadType'))[:80]!r}, not {PAYLOAD_TYPE}")
     try:
         body = base64.b64decode(str(envelope.get("payload")), validate=True)
-        statement = json.loads(body.decode("utf-8"))
+        statement = loads_unique(body.decode("utf-8"))
     except (binascii.Error, ValueError, UnicodeError, RecursionError):
         return Opened(None, [], "payload is not base64-encoded JSON")
     if not isinstance(statement, dict) or statement.get("_type") != STATEMENT_TYPE:

@@ -47,7 +47,7 @@ def is_entry(value: Any) -> bool:
 def _parse(raw: bytes, n: int) -> dict[str, Any]:
     try:
         value = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # bad UTF-8 or JSON, an int past Python's digit limit
         value, why = None, "not valid JSON"
     else:
         why = "" if isinstance(value, dict) else f"a JSON {type(value).__name__}, not an entry object"

@@ -12,15 +12,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from pathtrail.card.build import lock_stage_hashes
 from pathtrail.card.render import render_markdown
 from pathtrail.card.values import CARD_STAGE, flatten, get
 from pathtrail.config.loading import ParamsError, read_params
 from pathtrail.core.files import repo_path
 from pathtrail.core.hashing import digest, sha256_bytes, sha256_path
-from pathtrail.review.release import card_files
+from pathtrail.review.release import card_files, load_lock
 
 MAX_DIFFS = 20
 COMPARED_FILES = (
@@ -310,7 +308,7 @@ def _lock(card: dict[str, Any], root: Path) -> list[str]:
         return []
     if not path.is_file():
         return ["card field provenance.dvc_lock cannot be checked: dvc.lock is missing"]
-    current = lock_stage_hashes(yaml.safe_load(path.read_text(encoding="utf-8")))
+    current = lock_stage_hashes(load_lock(path)[0])
     return _limited(
         [
             f"card field {f} = {_show(a)} but dvc.lock has {_show(b)}"

@@ -22,7 +22,7 @@ import yaml
 from pathtrail import __version__
 from pathtrail.card.values import RELEASE_CANDIDATE, get
 from pathtrail.core.files import repo_path
-from pathtrail.core.hashing import sha256_path
+from pathtrail.core.hashing import loads_unique, sha256_path
 from pathtrail.provenance.signing import (
     Opened,
     PublicKey,
@@ -55,9 +55,34 @@ def subject_names(root: Path, card_rel: str, card: dict[str, Any]) -> list[str]:
     names |= set(manifests(card))
     lock = root / "dvc.lock"
     if lock.is_file():
-        stages = (yaml.safe_load(lock.read_text(encoding="utf-8")) or {}).get("stages") or {}
-        names |= {str(o.get("path")) for body in stages.values() for o in (body.get("outs") or [])}
+        stages = load_lock(lock)[0]["stages"]
+        names |= {o["path"] for body in stages.values() for o in body["outs"]}
     return sorted(names)
+
+
+def load_lock(path: Path) -> tuple[dict[str, Any], str | None]:
+    """dvc.lock as {"stages": {name: {"deps": [..], "outs": [..], "params": {..}}}}, keeping only
+    well-formed parts, and a problem naming what was malformed (None when all was well)."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeError, yaml.YAMLError, RecursionError) as exc:
+        return {"stages": {}}, f"{path.name}: not readable as YAML ({type(exc).__name__})"
+    stages = raw.get("stages") if isinstance(raw, dict) else None
+    if not isinstance(stages, dict):
+        return {"stages": {}}, f"{path.name}: no `stages` mapping; regenerate it with `dvc repro`"
+    clean, bad = {}, []
+    for name, body in stages.items():
+        if not isinstance(body, dict):
+            bad.append(str(name))
+            continue
+        items = {k: [i for i in body.get(k) or [] if isinstance(i, dict) and isinstance(i.get("path"), str)]
+                 if isinstance(body.get(k), list) else [] for k in ("deps", "outs")}
+        params = body.get("params") if isinstance(body.get("params"), dict) else {}
+        if any(len(items[k]) != len(body.get(k) or []) for k in items if isinstance(body.get(k), list)):
+            bad.append(str(name))
+        clean[str(name)] = {**items, "params": params}
+    return {"stages": clean}, (f"{path.name}: malformed entries in stage(s) {', '.join(sorted(bad))}"
+                               if bad else None)
 
 
 def manifests(card: dict[str, Any]) -> dict[str, str]:
@@ -67,14 +92,27 @@ def manifests(card: dict[str, Any]) -> dict[str, str]:
             if isinstance(m, dict) and m.get("path") and m.get("sha256")}
 
 
-def trusted_keys(root: Path, extra: list[str] | None = None) -> tuple[list[PublicKey], list[str]]:
-    """(keys, problems): `keys/trusted/*` in the repository plus `--trusted-key` files."""
+def trusted_keys(root: Path, given: list[str] | None = None) -> tuple[list[PublicKey], list[str]]:
+    """(keys, problems). With `given` (`--trusted-key` files) exactly those keys are trusted and the
+    repository's own list is ignored: a reviewer who brings keys obtained another way is not
+    overruled by a key someone committed. Without it, `keys/trusted/*` in the repository."""
     keys, problems = [], []
-    folder = root / TRUSTED_DIR
-    paths = sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
-    for p in [*paths, *(Path(x) for x in extra or [])]:
-        if p.name.startswith(".") or p.name.lower() in {"readme", "readme.md"}:
-            continue
+    if given:
+        paths = [Path(x) for x in given]
+    else:
+        folder, refused = repo_path(root, TRUSTED_DIR, "trusted keys")
+        if refused:
+            return [], [refused]
+        paths = []
+        for p in sorted(folder.iterdir()) if folder is not None and folder.is_dir() else []:
+            if p.name.startswith(".") or p.name.lower() in {"readme", "readme.md"}:
+                continue
+            target, why = repo_path(root, p.relative_to(root.resolve()).as_posix(), "trusted key")
+            if why or target is None or not target.is_file():
+                problems.append(why or f"{TRUSTED_DIR}/{p.name}: not a key file")
+                continue
+            paths.append(target)
+    for p in paths:
         try:
             keys.append(load_public(p))
         except SigningKeyError as exc:
@@ -126,9 +164,10 @@ def _load_envelope(path: Path, rel: str) -> tuple[Any, str | None]:
     if path.stat().st_size > MAX_SIG_BYTES:
         return None, f"{rel}: {path.stat().st_size} bytes, too large for a signature file"
     try:
-        return json.loads(path.read_text(encoding="utf-8")), None
+        return loads_unique(path.read_text(encoding="utf-8")), None
     except (UnicodeError, ValueError, RecursionError) as exc:
-        return None, f"{rel}: not readable as JSON ({type(exc).__name__})"
+        return None, f"{rel}: not readable as JSON ({type(exc).__name__}: {str(exc)[:120]})"
+
 
 
 def check_signature(root: Path, card_path: Path, card: Any, entries: list[dict[str, Any]],
@@ -137,11 +176,14 @@ def check_signature(root: Path, card_path: Path, card: Any, entries: list[dict[s
     card_rel = card_path.relative_to(root).as_posix()
     sig_path = signature_path(card_path)
     sig_rel = sig_path.relative_to(root).as_posix()
+    resolved, refused = repo_path(root, sig_rel, "signature")
+    if refused:
+        return [refused], []
     if not sig_path.exists():
         line = f"{card_rel}: UNSIGNED (no {sig_rel})"
         return ([f"{line}; `verify --release` needs a signature by a trusted key: run `pathtrail sign`"]
                 if release else []), ([] if release else [line])
-    envelope, problem = _load_envelope(sig_path, sig_rel) if sig_path.is_file() else (
+    envelope, problem = _load_envelope(resolved, sig_rel) if resolved and resolved.is_file() else (
         None, f"{sig_rel}: not a regular file")
     opened = open_envelope(envelope, trusted) if problem is None else Opened(None, [], None)
     problem = problem or (f"{sig_rel}: INVALID: {opened.problem}" if opened.problem else None)
@@ -150,8 +192,8 @@ def check_signature(root: Path, card_path: Path, card: Any, entries: list[dict[s
     for keyid, key, why in opened.signatures:
         if why is None and key is not None:
             notes.append(f"{sig_rel}: VALID signature by {key.name!r} (key {keyid[:16]})")
-        elif key is None:
-            (problems if release else notes).append(f"{sig_rel}: UNTRUSTED: {why}")
+        elif key is None:  # a co-signer this reviewer does not know: fails only when no trusted one signed
+            (problems if release and not valid else notes).append(f"{sig_rel}: UNTRUSTED: {why}")
         else:
             problems.append(f"{sig_rel}: INVALID: {why} (key {keyid[:16]}, {key.name!r})")
     if release and not valid and not problems:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,8 +35,8 @@ def details(e: dict[str, Any]) -> str:
     elif e.get("action") == "recover":
         parts.append(f"torn line {e.get('torn_line')} kept verbatim ({e.get('torn_bytes')} bytes)")
     else:
-        if isinstance(e.get("duration_s"), int | float):
-            parts.append(f"{e['duration_s']:.1f} s")
+        if isinstance(e.get("duration_s"), int | float) and math.isfinite(float(min(e["duration_s"], 1e300))):
+            parts.append(f"{float(min(e['duration_s'], 1e300)):.1f} s")
         if isinstance(e.get("outputs"), dict):
             parts.append(f"{len(e['outputs'])} outputs")
         if e.get("error"):

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import subprocess
 import sys
 from collections.abc import Collection
@@ -32,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-import yaml
 
 from pathtrail.card.values import flatten, get
 from pathtrail.config.loading import ParamsError, read_params
@@ -41,7 +41,8 @@ from pathtrail.core.hashing import sha256_path
 from pathtrail.core.text import printable
 from pathtrail.provenance import audit
 from pathtrail.review.card_checks import card_problems
-from pathtrail.review.release import card_files, check_signature, trusted_keys
+from pathtrail.review.ordering import threshold_order_problems
+from pathtrail.review.release import card_files, check_signature, load_lock, trusted_keys
 
 CHECKS = ("audit", "artifacts", "card", "dvc", "signature")
 TITLES = {"audit": "audit trail", "artifacts": "artifacts", "card": "model card", "dvc": "dvc.lock",
@@ -90,9 +91,10 @@ def verify(
     unknown = set(checks) - set(CHECKS)
     if unknown:
         raise ValueError(f"unknown check(s) {sorted(unknown)}; known: {', '.join(CHECKS)}")
-    entries = audit.read_entries(root / trail)
+    trail_file, refused = repo_path(root, Path(trail).as_posix(), "audit trail")
+    entries = audit.read_entries(trail_file) if trail_file is not None and not refused else []
     runners = {
-        "audit": lambda c: audit_check(c, entries, Path(trail)),
+        "audit": lambda c: audit_check(c, entries, Path(trail), refused),
         "artifacts": lambda c: artifact_check(c, root, entries),
         "card": lambda c: c.add(*card_problems(root, entries)),
         "dvc": lambda c: dvc_check(c, root),
@@ -108,7 +110,10 @@ def verify(
 
 
 # ---------------------------------------------------------------------------------------- audit
-def audit_check(check: Check, entries: list[dict[str, Any]], trail: Path) -> None:
+def audit_check(check: Check, entries: list[dict[str, Any]], trail: Path, refused: str | None = None) -> None:
+    if refused:
+        check.problems.append(refused)
+        return
     if not entries:
         check.problems.append(f"{trail.as_posix()}: no audit trail (missing or empty)")
         return
@@ -119,30 +124,6 @@ def audit_check(check: Check, entries: list[dict[str, Any]], trail: Path) -> Non
     check.notes.append(f"{len(entries)} entries, head {str(entries[-1].get('entry_hash'))[:12]}")
 
 
-def threshold_order_problems(entries: list[dict[str, Any]]) -> list[str]:
-    """The latest successful evaluate run has a `threshold_locked` entry between its start and its
-    end, holding the threshold its end entry (and so metrics/eval.json) reports."""
-    ends = [e for e in entries if e.get("stage") == "evaluate" and e.get("action") == "end"
-            and e.get("outcome") == "ok"]
-    if not ends:
-        return []
-    end = ends[-1]
-    run = [e for e in entries if e.get("run_id") == end.get("run_id") and e.get("stage") == "evaluate"]
-    locks = [e for e in run if e.get("action") == "threshold_locked"]
-    where = f"evaluate run seq {end.get('seq')}"
-    if not locks:
-        return [(f"{where}: no threshold_locked entry; the threshold is not proven to be fixed before the "
-                "test split and the external cohort were read (rerun `dvc repro evaluate`)")]
-    lock, facts = locks[0], end.get("facts") if isinstance(end.get("facts"), dict) else {}
-    out = []
-    if run[0].get("action") != "start" or run.index(lock) > run.index(end):
-        out.append(f"{where}: the threshold_locked entry (seq {lock.get('seq')}) is not between its start and end")
-    if facts.get("threshold") != lock.get("threshold"):
-        out.append(f"{where}: the end entry reports threshold {facts.get('threshold')!r} but "
-                   f"{lock.get('threshold')!r} was locked (seq {lock.get('seq')})")
-    return out
-
-
 def signature_check(check: Check, root: Path, entries: list[dict[str, Any]], release: bool,
                     extra_keys: list[str] | None) -> None:
     keys, key_problems = trusted_keys(root, extra_keys)
@@ -151,7 +132,7 @@ def signature_check(check: Check, root: Path, entries: list[dict[str, Any]], rel
     for path in cards:
         try:
             card = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeError, ValueError):
+        except (OSError, UnicodeError, ValueError, RecursionError):
             card = None  # the card check names it
         check.add(*check_signature(root, path, card, entries, keys, release))
     if release and not cards:
@@ -218,9 +199,15 @@ def dvc_check(check: Check, root: Path) -> None:
     if not lock_path.is_file():
         check.problems.append("dvc.lock: not found; run `dvc repro`")
         return
-    lock = yaml.safe_load(lock_path.read_text(encoding="utf-8")) or {}
+    lock, malformed = load_lock(lock_path)
+    if malformed:
+        check.problems.append(malformed)
     own = lock_problems(lock, root)
-    if (root / ".dvc").is_dir():
+    special = special_files(root, lock)
+    check.problems += special
+    if special:
+        check.notes.append("dvc status not run: it would block on the files named above")
+    elif (root / ".dvc").is_dir():
         status, error = dvc_status(root)
         if error:
             check.problems.append(error)
@@ -229,6 +216,23 @@ def dvc_check(check: Check, root: Path) -> None:
         check.notes.append("no .dvc/ folder: directories were not compared (only files and params)")
     check.problems += list(own.values())
     check.notes.append(f"{len(lock.get('stages') or {})} stages in dvc.lock")
+
+
+def special_files(root: Path, lock: dict[str, Any]) -> list[str]:
+    """dvc.yaml, params files and every dep/out dvc.lock names that is a FIFO, socket or device:
+    `dvc status` would open them (and block on a FIFO), so it is not run."""
+    names = {"dvc.yaml", "params.yaml"}
+    for body in lock["stages"].values():
+        names |= {i["path"] for k in ("deps", "outs") for i in body[k]} | {str(f) for f in body["params"]}
+    out = []
+    for name in sorted(names):
+        try:
+            mode = os.stat(root / name).st_mode
+        except (OSError, ValueError):
+            continue
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            out.append(f"{name}: not a regular file or folder (a FIFO or device?); replace it with the real file")
+    return out
 
 
 def lock_problems(lock: dict[str, Any], root: Path) -> dict[tuple[str, ...], str]:
