@@ -151,6 +151,10 @@ def test_a_consistent_forgery_passes_the_unsigned_checks_but_fails_release(signe
     assert any("subject models/model.pt differs" in p for p in found)
     assert any("regenerated or edited after signing" in p for p in found)
     assert any(SIG in p for p in found)
+    notes = [n for c in verify(signed, checks=["signature"], release=True, trusted_keys=[str(keys[1])]).checks
+             for n in c.notes]
+    assert not any("VALID signature" in n for n in notes)
+    assert any("no longer match what it signed" in n for n in notes)
 
 
 def test_a_forger_who_re_signs_with_their_own_key_is_untrusted(signed, keys, tmp_path):

@@ -191,8 +191,8 @@ def check_signature(root: Path, card_path: Path, card: Any, entries: list[dict[s
     valid = [k for _, k, why in opened.signatures if k is not None and why is None]
     for keyid, key, why in opened.signatures:
         if why is None and key is not None:
-            notes.append(f"{sig_rel}: VALID signature by {key.name!r} (key {keyid[:16]})")
-        elif key is None:  # a co-signer this reviewer does not know: fails only when no trusted one signed
+            continue  # reported below, once the statement is compared with the files
+        if key is None:  # a co-signer this reviewer does not know: fails only when no trusted one signed
             (problems if release and not valid else notes).append(f"{sig_rel}: UNTRUSTED: {why}")
         else:
             problems.append(f"{sig_rel}: INVALID: {why} (key {keyid[:16]}, {key.name!r})")
@@ -201,6 +201,9 @@ def check_signature(root: Path, card_path: Path, card: Any, entries: list[dict[s
     if opened.statement is not None and (valid or release):
         found, later = statement_problems(root, card_rel, card, opened.statement, entries)
         problems += [f"{sig_rel}: INVALID: {p}" for p in found]
+        notes += [f"{sig_rel}: VALID signature by {k.name!r} (key {k.keyid[:16]})" if not found else
+                  f"{sig_rel}: the signature by {k.name!r} (key {k.keyid[:16]}) verifies, but the files no "
+                  "longer match what it signed" for k in valid]
         (problems if release else notes).extend(f"{sig_rel}: {n}" for n in later)
     status = card.get("release_status") if isinstance(card, dict) else None
     if release and status != RELEASE_CANDIDATE:
