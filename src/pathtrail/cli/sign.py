@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import sys
 from pathlib import Path
@@ -28,6 +29,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--card", default=None, help="the card JSON (default: the only model_cards/*.json)")
     s.add_argument("--root", default=".", help="repository root (default: the current folder)")
     s.add_argument("--name", default=None, help="signer name (default: the name in the key's .pub.json)")
+    s.add_argument("--add", action="store_true",
+                   help="co-sign: add this key's signature to the existing signature file")
+    s.add_argument("--allow-draft", action="store_true",
+                   help="sign a card that is not a RELEASE CANDIDATE (for the record; it cannot be released)")
 
 
 def git_work_tree(path: Path) -> Path | None:
@@ -68,7 +73,7 @@ def _card(root: Path, card: str | None) -> Path:
 
 
 def sign_command(args: argparse.Namespace) -> int:
-    from pathtrail.review.release import signature_path, statement
+    from pathtrail.review.release import signature_path, statement, trusted_keys
     from pathtrail.review.verify import CHECKS, format_report, verify
 
     root = Path(args.root)
@@ -82,24 +87,65 @@ def sign_command(args: argparse.Namespace) -> int:
         sys.stdout.write(format_report(report))
         raise PathTrailError("verify fails: only a card that verifies can be signed. Fix the problems above "
                              "(usually `dvc repro`), then sign again")
+    doc = json.loads(card.read_text(encoding="utf-8"))
+    status = doc.get("release_status")
+    if status != "RELEASE CANDIDATE" and not args.allow_draft:
+        reasons = "; ".join(str(r) for r in doc.get("release_reasons") or []) or "no reason recorded"
+        raise PathTrailError(f"{card.relative_to(root)}: status {status} ({reasons}); `verify --release` fails "
+                             "on it whatever its signature. Fix that and rebuild the card (commit your changes, "
+                             "then `dvc repro`, or `dvc repro -f -s model_card` when nothing else changed), or "
+                             "pass --allow-draft to sign it for the record")
     keyid = keyid_of(key.public_key())
     name = args.name
     pub = Path(args.key).expanduser().with_suffix(".pub.json")
     if name is None and pub.is_file():
         public = load_public(pub)
         name = public.name if public.keyid == keyid else None
-    entries = audit.read_entries(root / audit.DEFAULT_TRAIL)
-    st = statement(root, card, entries, None, name or "unnamed")
-    st["predicate"]["signer"]["keyid"] = keyid
     out = signature_path(card)
-    write_text(canonical_json(sign_statement(st, key)), out)
+    entries = audit.read_entries(root / audit.DEFAULT_TRAIL)
+    if args.add:
+        envelope = _co_sign(root, card, doc, out, entries, key)
+    else:
+        if out.exists():
+            print(f"note: replacing the existing {out.relative_to(root)} (use --add to co-sign it instead)")
+        st = statement(root, card, entries, None, name or "unnamed")
+        st["predicate"]["signer"]["keyid"] = keyid
+        envelope = sign_statement(st, key)
+    write_text(canonical_json(envelope), out)
+    st = json.loads(base64.b64decode(envelope["payload"]))
     pred = st["predicate"]
     print(f"signed {card.relative_to(root)} -> {out.relative_to(root)}")
-    print(f"  signer {json.dumps(pred['signer']['name'])}, key {keyid[:16]}")
+    print(f"  signer {json.dumps(name or 'unnamed')}, key {keyid[:16]}, {len(envelope['signatures'])} signature(s)")
     print(f"  {len(st['subject'])} subjects, audit head seq {pred['audit']['head_seq']} "
           f"({pred['audit']['entries']} entries), status {pred['release_status']}")
-    if pred["release_status"] != "RELEASE CANDIDATE":
-        print(f"note: the card's status is {pred['release_status']}; `verify --release` fails on it whatever "
-              "its signature (only a RELEASE CANDIDATE can be released)")
-    print("Commit it: git add " + out.relative_to(root).as_posix())
+    if keyid not in {k.keyid for k in trusted_keys(root)[0]}:
+        print(f"note: this key is not in {root.name}/keys/trusted/: `verify --release` reads the signature as "
+              "UNTRUSTED unless its .pub.json is committed there or passed with --trusted-key")
+    print("Commit it together with the card, dvc.lock and audit/trail.jsonl it signs:\n"
+          f"  git add {out.relative_to(root).as_posix()} && git commit")
     return 0
+
+
+def _co_sign(root: Path, card: Path, doc: dict, out: Path, entries: list, key) -> dict:
+    """Add a signature over the existing envelope's payload, once it still matches the files."""
+    from pathtrail.provenance.signing import PAYLOAD_TYPE, pae
+    from pathtrail.review.release import statement_problems
+
+    if not out.is_file():
+        raise PathTrailError(f"--add: {out.relative_to(root)} does not exist; sign without --add first")
+    try:
+        envelope = json.loads(out.read_text(encoding="utf-8"))
+        st = json.loads(base64.b64decode(envelope["payload"], validate=True))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise PathTrailError(f"--add: {out.relative_to(root)} is not a signature file ({exc})") from None
+    found, later = statement_problems(root, card.relative_to(root).as_posix(), doc, st, entries)
+    if found or later:
+        raise PathTrailError("--add: the existing signature no longer matches the files (" + "; ".join(
+            (found + later)[:3]) + "); sign without --add to replace it")
+    keyid = keyid_of(key.public_key())
+    body = base64.b64decode(envelope["payload"])
+    envelope["signatures"] = [s for s in envelope.get("signatures") or []
+                              if isinstance(s, dict) and s.get("keyid") != keyid]
+    envelope["signatures"].append({"keyid": keyid, "sig": base64.b64encode(
+        key.sign(pae(PAYLOAD_TYPE, body))).decode("ascii")})
+    return envelope

@@ -94,6 +94,7 @@ def keygen(out: Path, name: str) -> tuple[Path, Path, str]:
     os.chmod(priv_path, 0o600)
     write_text(canonical_json({"algorithm": "ed25519", "keyid": keyid, "name": name,
                                "public_key_pem": public_pem(private.public_key())}), pub_path)
+    os.chmod(pub_path, 0o644)  # public: readable by anyone it is copied to
     return priv_path, pub_path, keyid
 
 
@@ -107,6 +108,9 @@ def _read_small(path: Path, what: str) -> bytes:
 
 def load_private(path: Path) -> Ed25519PrivateKey:
     data = _read_small(path, "private key")
+    if data.lstrip().startswith(b"{") or b"PUBLIC KEY" in data:
+        raise SigningKeyError(f"private key {path}: this is a public key; pass the matching .key file "
+                              "written by `pathtrail keygen`")
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as exc:
@@ -120,8 +124,8 @@ def load_public(path: Path) -> PublicKey:
     """A `*.pub.json` written by keygen, or a bare PEM public key (named after its file)."""
     data = _read_small(path, "public key")
     if b"PRIVATE KEY" in data:
-        raise SigningKeyError(f"public key {path}: this is a PRIVATE key; delete it from wherever it was "
-                              "shared and use its .pub.json instead")
+        raise SigningKeyError(f"public key {path}: this is a PRIVATE key; pass (or commit) its .pub.json "
+                              "instead, and never share or commit the private key")
     name, pem = path.name, data
     if data.lstrip().startswith(b"{"):
         try:
@@ -186,7 +190,13 @@ def open_envelope(envelope: Any, trusted: list[PublicKey]) -> Opened:
             raw = b""
         key = by_id.get(keyid)
         if key is None:
-            out.append((keyid, None, f"key {keyid[:16] or '<none>'} is not a trusted key"))
+            pred = statement.get("predicate") if isinstance(statement.get("predicate"), dict) else {}
+            signer = pred.get("signer") if isinstance(pred.get("signer"), dict) else {}
+            claimed = (f" (it claims to be {str(signer.get('name'))[:60]!r})"
+                       if signer.get("keyid") == keyid else "")
+            why = (f"key {keyid[:16] or '<none>'}{claimed} is not a trusted key: commit its .pub.json under "
+                   "keys/trusted/, or pass it with --trusted-key, if you trust it")
+            out.append((keyid, None, why))
         elif not key.verify(raw, message):
             out.append((keyid, key, ("the signature does not verify (the signature file was edited, "
                                      "or signed by another key)")))

@@ -206,9 +206,15 @@ def check_signature(root: Path, card_path: Path, card: Any, entries: list[dict[s
                   "longer match what it signed" for k in valid]
         (problems if release else notes).extend(f"{sig_rel}: {n}" for n in later)
     status = card.get("release_status") if isinstance(card, dict) else None
+    reasons = card.get("release_reasons") if isinstance(card, dict) else None
+    why = "; ".join(str(r)[:200] for r in reasons[:5]) if isinstance(reasons, list) and reasons else ""
     if release and status != RELEASE_CANDIDATE:
-        problems.append(f"{card_rel}: release status is {str(status)[:40]!r}; only a {RELEASE_CANDIDATE} "
-                        "can be released, whatever its signature")
+        problems.append(f"{card_rel}: release status is {str(status)[:40]!r}" + (f" ({why})" if why else "")
+                        + f"; only a {RELEASE_CANDIDATE} can be released, whatever its signature. Fix that, "
+                        "commit, rebuild the card (`dvc repro`) and sign it again")
+    elif status != RELEASE_CANDIDATE:
+        if valid:
+            notes.append(f"{card_rel}: signed, but its status is {str(status)[:40]!r}: not a release")
     elif valid and not problems:
         notes.append(f"{card_rel}: RELEASED ({RELEASE_CANDIDATE} signed by a trusted key)")
     return problems, notes
@@ -254,7 +260,7 @@ def _audit(signed: dict[str, Any], entries: list[dict[str, Any]]) -> tuple[list[
     at = [e for e in chain if e.get("seq") == seq]
     if not at:
         return [(f"the audit trail ends at seq {chain[-1].get('seq') if chain else 'none'} but the signature covers "
-                f"seq {seq} ({count} entries): entries were deleted")], []
+                f"seq {seq} ({count} entries): entries were deleted, or the trail as signed was never committed")], []
     if at[0].get("entry_hash") != head:
         return [(f"audit entry seq {seq} has hash {str(at[0].get('entry_hash'))[:12]}… but the signature recorded "
                 f"{str(head)[:12]}…: the trail was regenerated or edited after signing")], []
