@@ -108,9 +108,7 @@ def sign_command(args: argparse.Namespace) -> int:
     else:
         if out.exists():
             print(f"note: replacing the existing {out.relative_to(root)} (use --add to co-sign it instead)")
-        st = statement(root, card, entries, None, name or "unnamed")
-        st["predicate"]["signer"]["keyid"] = keyid
-        envelope = sign_statement(st, key)
+        envelope = sign_statement(statement(root, card, entries, keyid, name or "unnamed"), key)
     write_text(canonical_json(envelope), out)
     st = json.loads(base64.b64decode(envelope["payload"]))
     pred = st["predicate"]
@@ -128,24 +126,22 @@ def sign_command(args: argparse.Namespace) -> int:
 
 def _co_sign(root: Path, card: Path, doc: dict, out: Path, entries: list, key) -> dict:
     """Add a signature over the existing envelope's payload, once it still matches the files."""
-    from pathtrail.provenance.signing import PAYLOAD_TYPE, pae
-    from pathtrail.review.release import statement_problems
+    from pathtrail.provenance.signing import open_envelope, signature
+    from pathtrail.review.release import load_envelope, statement_problems
 
+    rel = out.relative_to(root).as_posix()
     if not out.is_file():
-        raise PathTrailError(f"--add: {out.relative_to(root)} does not exist; sign without --add first")
-    try:
-        envelope = json.loads(out.read_text(encoding="utf-8"))
-        st = json.loads(base64.b64decode(envelope["payload"], validate=True))
-    except (ValueError, KeyError, TypeError) as exc:
-        raise PathTrailError(f"--add: {out.relative_to(root)} is not a signature file ({exc})") from None
-    found, later = statement_problems(root, card.relative_to(root).as_posix(), doc, st, entries)
+        raise PathTrailError(f"--add: {rel} does not exist; sign without --add first")
+    envelope, problem = load_envelope(out, rel)
+    opened = open_envelope(envelope, []) if problem is None else None
+    if opened is None or opened.statement is None:
+        raise PathTrailError(f"--add: {problem or opened.problem}; sign without --add to replace it")
+    found, later = statement_problems(root, card.relative_to(root).as_posix(), doc, opened.statement, entries)
     if found or later:
         raise PathTrailError("--add: the existing signature no longer matches the files (" + "; ".join(
             (found + later)[:3]) + "); sign without --add to replace it")
     keyid = keyid_of(key.public_key())
-    body = base64.b64decode(envelope["payload"])
     envelope["signatures"] = [s for s in envelope.get("signatures") or []
                               if isinstance(s, dict) and s.get("keyid") != keyid]
-    envelope["signatures"].append({"keyid": keyid, "sig": base64.b64encode(
-        key.sign(pae(PAYLOAD_TYPE, body))).decode("ascii")})
+    envelope["signatures"].append(signature(base64.b64decode(envelope["payload"]), key))
     return envelope

@@ -148,11 +148,16 @@ def pae(payload_type: str, body: bytes) -> bytes:
     return b"DSSEv1 %d %s %d %s" % (len(t), t, len(body), body)
 
 
+def signature(body: bytes, key: Ed25519PrivateKey) -> dict[str, str]:
+    """One DSSE signature entry over the payload `body`."""
+    sig = key.sign(pae(PAYLOAD_TYPE, body))
+    return {"keyid": keyid_of(key.public_key()), "sig": base64.b64encode(sig).decode("ascii")}
+
+
 def sign_statement(statement: dict[str, Any], key: Ed25519PrivateKey) -> dict[str, Any]:
     body = canonical_json(statement, compact=True).encode("utf-8")
-    sig = key.sign(pae(PAYLOAD_TYPE, body))
     return {"payload": base64.b64encode(body).decode("ascii"), "payloadType": PAYLOAD_TYPE,
-            "signatures": [{"keyid": keyid_of(key.public_key()), "sig": base64.b64encode(sig).decode("ascii")}]}
+            "signatures": [signature(body, key)]}
 
 
 @dataclass

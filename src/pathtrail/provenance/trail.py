@@ -73,11 +73,6 @@ def read_entries(path: str | Path) -> list[dict[str, Any]]:
     return [_parse(raw, n) for n, raw in enumerate([*lines, tail], start=1) if raw.strip()]
 
 
-def unterminated(path: str | Path) -> bool:
-    p = Path(path)
-    return p.is_file() and p.stat().st_size > 0 and not p.read_bytes().endswith(b"\n")
-
-
 def chain_report(entries: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
     """(problems, notes): every break in the chain, and every torn line that was repaired."""
     problems: list[str] = []

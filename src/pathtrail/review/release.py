@@ -21,6 +21,7 @@ import yaml
 
 from pathtrail import __version__
 from pathtrail.card.values import RELEASE_CANDIDATE, get
+from pathtrail.core.errors import PathTrailError
 from pathtrail.core.files import repo_path
 from pathtrail.core.hashing import loads_unique, sha256_path
 from pathtrail.provenance.signing import (
@@ -124,7 +125,7 @@ def valid_entries(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [e for e in entries if "_unparsable" not in e]
 
 
-def statement(root: Path, card_path: Path, entries: list[dict[str, Any]], signer: PublicKey | None,
+def statement(root: Path, card_path: Path, entries: list[dict[str, Any]], keyid: str,
               signer_name: str) -> dict[str, Any]:
     """The in-toto Statement `pathtrail sign` signs for this card, the trail as it is now."""
     card_rel = card_path.relative_to(root).as_posix()
@@ -133,10 +134,10 @@ def statement(root: Path, card_path: Path, entries: list[dict[str, Any]], signer
     for name in subject_names(root, card_rel, card):
         path, problem = repo_path(root, name, "subject")
         if problem or path is None or not path.exists():
-            raise SigningKeyError(problem or f"{name}: missing; run `dvc repro` (or `dvc pull`) before signing")
+            raise PathTrailError(problem or f"{name}: missing; run `dvc repro` (or `dvc pull`) before signing")
         sha = sha256_path(path)
         if manifests(card).get(name, sha) != sha:
-            raise SigningKeyError(f"{name}: sha256 {sha[:12]}… but the card recorded {manifests(card)[name][:12]}… "
+            raise PathTrailError(f"{name}: sha256 {sha[:12]}… but the card recorded {manifests(card)[name][:12]}… "
                                   "for this manifest; rerun `dvc repro` before signing")
         subjects.append({"name": name, "digest": {"sha256": sha}})
     chain = valid_entries(entries)
@@ -153,14 +154,14 @@ def statement(root: Path, card_path: Path, entries: list[dict[str, Any]], signer
             "release_status": card.get("release_status"),
             "audit": {"trail": get(card, "audit.trail") or "audit/trail.jsonl",
                       "head": head.get("entry_hash"), "head_seq": head.get("seq"), "entries": len(chain)},
-            "signer": {"name": signer_name, "keyid": signer.keyid if signer else None},
+            "signer": {"name": signer_name, "keyid": keyid},
             "signed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "pathtrail_version": __version__,
         },
     }
 
 
-def _load_envelope(path: Path, rel: str) -> tuple[Any, str | None]:
+def load_envelope(path: Path, rel: str) -> tuple[Any, str | None]:
     if path.stat().st_size > MAX_SIG_BYTES:
         return None, f"{rel}: {path.stat().st_size} bytes, too large for a signature file"
     try:
@@ -183,7 +184,7 @@ def check_signature(root: Path, card_path: Path, card: Any, entries: list[dict[s
         line = f"{card_rel}: UNSIGNED (no {sig_rel})"
         return ([f"{line}; `verify --release` needs a signature by a trusted key: run `pathtrail sign`"]
                 if release else []), ([] if release else [line])
-    envelope, problem = _load_envelope(resolved, sig_rel) if resolved and resolved.is_file() else (
+    envelope, problem = load_envelope(resolved, sig_rel) if resolved and resolved.is_file() else (
         None, f"{sig_rel}: not a regular file")
     opened = open_envelope(envelope, trusted) if problem is None else Opened(None, [], None)
     problem = problem or (f"{sig_rel}: INVALID: {opened.problem}" if opened.problem else None)
