@@ -30,12 +30,16 @@ def _isolated_trail(tmp_path, monkeypatch):
 
 @pytest.fixture
 def repo_params() -> dict:
-    return yaml.safe_load((REPO / "params.yaml").read_text())
+    from fake_pipeline import committed_params
+
+    return committed_params()
 
 
 def tiny_params(tmp_path: Path, **overrides) -> dict:
     """The committed params shrunk to a seconds-long run, with data paths inside tmp_path."""
-    p = yaml.safe_load((REPO / "params.yaml").read_text())
+    from fake_pipeline import committed_params
+
+    p = committed_params()
     d = p["data"]
     d["demo"].update(patients_per_site=8, external_patients=8, patches_per_patient=6, max_slides_per_patient=2)
     d["data_root"] = str(tmp_path / "data/raw")

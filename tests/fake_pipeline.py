@@ -9,6 +9,8 @@ the real `model_card` stage run on top and committed to dvc.lock. `pathtrail ver
 from __future__ import annotations
 
 import contextlib
+import copy
+import functools
 import os
 import shutil
 import subprocess
@@ -18,16 +20,29 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pathtrail.config.compose import compose_params
 from pathtrail.core.figures import line_plot
-from pathtrail.core.files import write_bytes, write_json, write_text
+from pathtrail.core.files import write_json, write_text
+from pathtrail.core.hashing import digest
 from pathtrail.provenance import audit
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIL = "audit/trail.jsonl"
-CARD = "pathtrail-demo"
+CARD = "pathtrail-fake"
 
 
-def cohort(auroc: float, n: int = 40) -> dict:
+@functools.cache
+def _composed() -> str:
+    return compose_params(REPO / "pipelines")
+
+
+def committed_params() -> dict:
+    """The params `pipelines/` composes to (what a fresh clone's params.yaml holds), independent of
+    the workspace's params.yaml, which a `dvc exp run` rewrites."""
+    return copy.deepcopy(yaml.safe_load(_composed()))
+
+
+def cohort(auroc: float, n: int = 40, patients: int | None = None) -> dict:
     return {
         "auroc": auroc,
         "auroc_ci_low": round(auroc - 0.05, 4),
@@ -47,8 +62,10 @@ def cohort(auroc: float, n: int = 40) -> dict:
         "brier_ci_high": 0.14,
         "ece": 0.04,
         "n_samples": n,
-        "n_patients": n // 4,
+        "n_patients": patients or n // 4,
         "n_positive": n // 2,
+        "calibration_slope": 1.02,
+        "calibration_intercept": -0.03,
         "n_negative": n // 2,
         "ci_level": 0.95,
         "threshold": 0.42,
@@ -69,9 +86,9 @@ EVAL = {
     "threshold_rule": "youden",
     "classes": ["benign", "tumour"],
     "n_bootstrap": 200,
-    "internal_test": cohort(0.93),
-    "external": cohort(0.91),
-    "per_site": {"site_a": cohort(0.94, 20), "site_b": cohort(0.92, 20), "site_c": cohort(0.91)},
+    "internal_test": cohort(0.93, patients=30),
+    "external": cohort(0.91, patients=40),
+    "per_site": {"site_a": cohort(0.94, 20), "site_b": cohort(0.92, 20)},
     "domain_shift": {
         "auroc_internal": 0.93,
         "auroc_external": 0.91,
@@ -142,9 +159,12 @@ VALIDATION = {
 SPLIT = {
     "seed": 7,
     "splits": {
-        "train": {"patches": 48, "patients": 10, "slides": 12},
-        "val": {"patches": 16, "patients": 3, "slides": 4},
-        "test": {"patches": 16, "patients": 3, "slides": 4},
+        "train": {"patches": 48, "patients": 10, "slides": 12,
+                  "sites": {"site_a": {"patches": 24, "patients": 5}, "site_b": {"patches": 24, "patients": 5}}},
+        "val": {"patches": 16, "patients": 3, "slides": 4,
+                "sites": {"site_a": {"patches": 8, "patients": 2}, "site_b": {"patches": 8, "patients": 1}}},
+        "test": {"patches": 16, "patients": 3, "slides": 4,
+                 "sites": {"site_a": {"patches": 8, "patients": 1}, "site_b": {"patches": 8, "patients": 2}}},
     },
 }
 NORMALIZATION = {
@@ -178,7 +198,7 @@ STAGES = [
         ["metrics/compile_check.json", "reports/figures/compile_check_loss.png"],
         ["compile_check"],
     ),
-    ("evaluate", ["metrics/eval.json", "reports/figures/eval"], ["eval"]),
+    ("evaluate", ["metrics/eval.json", "reports/figures/eval"], ["eval", "release"]),
 ]
 CARD_DEPS = [o for _, outs, _ in STAGES for o in outs] + ["pipelines/card/intended_use.md"]
 
@@ -216,7 +236,8 @@ def dvc_yaml() -> dict:
     stages["model_card"] = {
         "cmd": "python -m stages.model_card",
         "deps": CARD_DEPS,
-        "params": ["card", "data", "stain", "model", "train", "compile_check", "eval", "profile"],
+        "params": ["card", "data", "stain", "model", "train", "compile_check", "eval", "release", "profile"],
+        "metrics": [{"metrics/release.json": {"cache": False}}],
         "outs": [
             {f"model_cards/{CARD}.md": {"cache": False}},
             {f"model_cards/{CARD}.json": {"cache": False}},
@@ -226,7 +247,16 @@ def dvc_yaml() -> dict:
     return {"stages": stages}
 
 
-def write_outputs(root: Path, name: str) -> None:
+def write_fake_model(path: Path, params: dict) -> None:
+    import torch
+
+    from pathtrail.train.model_file import write_model
+
+    meta = {"arch": "small_cnn", "params_sha256": digest({k: params[k] for k in ("data", "model", "train")})}
+    write_model({"w": torch.arange(4, dtype=torch.float32)}, meta, path)
+
+
+def write_outputs(root: Path, name: str, params: dict) -> None:
     """The files one fake stage writes."""
     files = {
         "reports/validation.json": VALIDATION,
@@ -242,7 +272,7 @@ def write_outputs(root: Path, name: str) -> None:
             if rel in files:
                 write_json(files[rel], root / rel)
             elif rel == "models/model.pt":
-                write_bytes(bytes(range(256)) * 4, root / rel)
+                write_fake_model(root / rel, params)
             elif rel == "plots/train/epochs.csv":
                 write_text(
                     "epoch,train_loss,val_loss,val_auroc,lr\n0,0.69,0.6,0.8,0.002\n1,0.4,0.35,0.93,0.0015\n"
@@ -264,7 +294,7 @@ def write_outputs(root: Path, name: str) -> None:
 
 def _build(root: Path) -> None:
     _run("git", "init", "-q", "-b", "main", cwd=root)
-    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    params = committed_params()
     params["card"] = {"name": CARD, "intended_use": "pipelines/card/intended_use.md"}
     write_text(yaml.safe_dump(params, sort_keys=False), root / "params.yaml")
     write_text(
@@ -273,6 +303,8 @@ def _build(root: Path) -> None:
     )
     write_text(yaml.safe_dump(dvc_yaml(), sort_keys=False), root / "dvc.yaml")
     dvc("init", "-q", cwd=root)
+    _run("git", "add", "-A", cwd=root)
+    _run("git", "commit", "-q", "-m", "fake pipeline code and params", cwd=root)  # stages run from clean source
     with contextlib.chdir(root):
         for name, outs, sections in STAGES:
             with audit.stage(
@@ -281,8 +313,10 @@ def _build(root: Path) -> None:
                 if name == "evaluate":  # as the real stage: locked before any result is written
                     rec.record("threshold_locked", threshold=EVAL["threshold"],
                                threshold_rule=EVAL["threshold_rule"])
+                    criteria = dict(sorted(params["release"]["criteria"].items()))
+                    rec.record("criteria_locked", criteria=criteria, criteria_sha256=digest(criteria))
                     rec.note(threshold=EVAL["threshold"], threshold_rule=EVAL["threshold_rule"])
-                write_outputs(root, name)
+                write_outputs(root, name, params)
                 rec.outputs(*outs)
     dvc("commit", "-f", "-q", *(s for s, _, _ in STAGES), cwd=root)
     _run("git", "add", "-A", cwd=root)

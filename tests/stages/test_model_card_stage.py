@@ -60,15 +60,19 @@ def test_the_stage_writes_card_json_markdown_and_figures(tree):
 
 def test_the_stage_records_one_audit_run_and_the_pipeline_head(tree):
     entries = audit.read_entries(tree / TRAIL)
-    start, end = entries[-2:]
-    assert (start["stage"], start["action"], end["action"], end["outcome"]) == (
+    start, criteria, end = entries[-3:]
+    assert (start["stage"], start["action"], criteria["action"], end["action"], end["outcome"]) == (
         "model_card",
         "start",
+        "release_criteria",
         "end",
         "ok",
     )
     card = json.loads((tree / f"model_cards/{CARD}.json").read_text())
-    evaluate_end = entries[-3]
+    release = json.loads((tree / "metrics/release.json").read_text())
+    assert criteria["passed"] is True and criteria["criteria"] == release["criteria"]
+    assert release["status"] == card["release_status"] and set(release["criteria"]) == set(card["release"]["results"])
+    evaluate_end = entries[-4]
     assert (
         evaluate_end["stage"] == "evaluate"
         and card["audit"]["chain_head"] == evaluate_end["entry_hash"]
@@ -81,19 +85,50 @@ def test_the_stage_records_one_audit_run_and_the_pipeline_head(tree):
 
 
 def test_rerunning_the_stage_gives_identical_bytes(tree):
+    run_card_stage(tree)  # the template's card was built before its dvc.lock entry: git's state differs
     before, n = outputs(tree), len(audit.read_entries(tree / TRAIL))
     run_card_stage(tree)
     assert outputs(tree) == before
-    assert len(audit.read_entries(tree / TRAIL)) == n + 2  # a second model_card run was recorded
+    assert len(audit.read_entries(tree / TRAIL)) == n + 3  # a second model_card run was recorded
 
 
 def test_a_dirty_tree_gives_a_draft(tree):
-    (tree / "notes.txt").write_text("uncommitted\n")
+    (tree / "src/pathtrail").mkdir(parents=True)
+    (tree / "src/pathtrail/extra.py").write_text("x = 1\n")  # untracked code counts as source
     run_card_stage(tree)
     card = json.loads((tree / f"model_cards/{CARD}.json").read_text())
-    assert card["release_status"] == DRAFT and card["provenance"]["git_modified"] == ["notes.txt"]
+    assert card["release_status"] == DRAFT and card["provenance"]["git_modified"] == ["src/pathtrail/extra.py"]
     md = (tree / f"model_cards/{CARD}.md").read_text()
-    assert f"> **{DRAFT}**" in md and "uncommitted changes: notes.txt" in md
+    assert f"> **{DRAFT}**" in md and "source differs from its commit: src/pathtrail/extra.py" in md
+
+
+def test_data_and_notes_outside_the_code_folders_do_not_make_a_draft(tree):
+    """Dirty means source: a user's cohort dropped under the repository, or notes, leave the status
+    alone, but the card still reports git's own count of changed paths."""
+    for i in range(30):
+        (tree / "my_cohort" / f"p{i}.png").parent.mkdir(exist_ok=True)
+        (tree / "my_cohort" / f"p{i}.png").write_bytes(b"x")
+    (tree / "notes.txt").write_text("uncommitted\n")
+    (tree / "dvc_plots").mkdir()
+    (tree / "dvc_plots/index.html").write_text("<html></html>")
+    run_card_stage(tree)
+    card = json.loads((tree / f"model_cards/{CARD}.json").read_text())
+    prov = card["provenance"]
+    assert card["release_status"] == RELEASE_CANDIDATE and prov["git_dirty"] is False and prov["git_modified"] == []
+    import git
+
+    status = git.Repo(tree).git.status("--porcelain", "--untracked-files=all").splitlines()
+    assert prov["git_n_changed"] == len(status) >= 32  # what git itself reports
+    assert "notes.txt" in prov["git_changed"]
+
+
+def test_tracked_output_changes_are_reported_but_do_not_make_a_draft(tree):
+    (tree / "reports/split.json").write_text((tree / "reports/split.json").read_text() + "\n")
+    run_card_stage(tree)
+    card = json.loads((tree / f"model_cards/{CARD}.json").read_text())
+    assert card["provenance"]["git_dirty"] is False and "reports/split.json" in card["provenance"]["git_changed"]
+    md = (tree / f"model_cards/{CARD}.md").read_text()
+    assert "source clean" in md and f"git reports {card['provenance']['git_n_changed']} changed paths" in md
 
 
 def test_a_missing_input_is_a_clean_error(tree, capsys):

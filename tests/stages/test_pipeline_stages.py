@@ -69,7 +69,8 @@ def test_eval_metrics_are_keyed_by_cohort_with_cis(pipeline):
         assert 0.0 <= m["auroc"] <= 1.0
         assert m["auroc_ci_low"] <= m["auroc"] <= m["auroc_ci_high"]
         assert "auprc" in m
-    assert set(ev["per_site"]) == {"site_a", "site_b", "site_c"}
+    # per_site is the internal test split's sites; the one external site is the `external` row itself
+    assert set(ev["per_site"]) == {"site_a", "site_b"} and "external_per_site" not in ev
     preds = pd.read_csv(pipeline / "predictions/external.csv")
     assert {"path", "patient_id", "label", "prob_benign", "prob_tumour"} <= set(preds.columns)
     assert np.allclose(preds.prob_benign + preds.prob_tumour, 1.0)
@@ -157,7 +158,7 @@ def test_the_threshold_is_locked_in_the_trail_before_test_or_external_is_opened(
     assert ("val.csv", False) in opened
     assert ("test.csv", True) in opened and ("external.csv", True) in opened
     entries = read_entries(trail)
-    assert [e["action"] for e in entries] == ["start", "threshold_locked", "end"]
+    assert [e["action"] for e in entries] == ["start", "threshold_locked", "criteria_locked", "end"]
     lock = entries[1]
     assert lock["threshold"] == json.loads((out / "eval.json").read_text())["threshold"]
     assert len(lock["val_probabilities_sha256"]) == 64 and lock["n_val"] > 0

@@ -12,11 +12,20 @@ import torch
 import yaml
 from huggingface_hub import ModelCard
 
-from fake_pipeline import COMPILE_CHECK, EVAL, NORMALIZATION, REPO, SPLIT, TRAIN, VALIDATION
+from fake_pipeline import (
+    COMPILE_CHECK,
+    EVAL,
+    NORMALIZATION,
+    SPLIT,
+    TRAIN,
+    VALIDATION,
+    committed_params,
+)
 from pathtrail.card.build import CardInputs, build_card, manifest_hashes
 from pathtrail.card.render import dump_yaml, render_markdown
 from pathtrail.card.values import DRAFT, RELEASE_CANDIDATE, flatten
-from pathtrail.core.hashing import canonical_json, sha256_bytes
+from pathtrail.core.hashing import canonical_json, digest, sha256_bytes
+from pathtrail.core.text import md_inline
 from pathtrail.provenance.environment import environment
 
 COMMIT = "1234567" + "0" * 33  # all digits: a careless YAML writer would turn it into a number
@@ -29,7 +38,9 @@ def env() -> dict:
 
 @pytest.fixture
 def inputs(env) -> CardInputs:
-    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    params = committed_params()
+    params["card"]["name"] = "lymph-node-metastasis"
+    criteria = dict(sorted(params["release"]["criteria"].items()))
     return CardInputs(
         params=params,
         intended_use="Research demonstration only.\n",
@@ -39,8 +50,11 @@ def inputs(env) -> CardInputs:
         validation=VALIDATION,
         split=SPLIT,
         normalization=NORMALIZATION,
-        stain_reference_sha256="ab" * 32,
+        stain_reference={"path": "models/stain_reference.json", "sha256": "ab" * 32, "fit_patches": 4},
         model_sha256="cd" * 32,
+        model_metadata={"params_sha256": digest({k: params[k] for k in ("data", "model", "train")})},
+        criteria_lock={"seq": 5, "criteria_sha256": digest(criteria)},
+        chain_head_entry={"seq": 7, "stage": "evaluate", "action": "end"},
         epochs=[{"epoch": 0, "train_loss": 0.6, "val_loss": 0.5, "val_auroc": 0.8, "lr": 0.002}],
         figures={
             "figures/training_curves.png": "ef" * 32,
@@ -96,9 +110,10 @@ def test_card_json_has_the_documented_fields(inputs):
     assert prov["dvc_lock"] == {
         "train": {"deps": {"data/store": "aa.dir"}, "outs": {"models/model.pt": "bb"}}
     }
-    assert prov["model_sha256"] == "cd" * 32 and prov["stain_reference_sha256"] == "ab" * 32
+    assert prov["model_sha256"] == "cd" * 32 and prov["stain_reference"]["sha256"] == "ab" * 32
     assert card["metrics"] == {"eval": EVAL, "train": TRAIN}
-    assert card["audit"] == {"chain_head": "45" * 32, "trail": "audit/trail.jsonl"}
+    assert card["audit"] == {"chain_head": "45" * 32, "chain_head_seq": 7, "chain_head_stage": "evaluate",
+                             "chain_head_action": "end", "trail": "audit/trail.jsonl"}
     assert all(set(c) == {"item", "passed", "evidence"} for c in card["checklist"])
 
 
@@ -132,9 +147,9 @@ def test_every_flag_is_listed_with_its_value(inputs):
     assert "train.distributed.nproc_per_node" in flags and "data.split.seed" in flags
     for key, value in flags.items():
         shown = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-        assert f"| `{key}` | `{shown}` |" in md, key
+        assert f"| {md_inline(key)} | {md_inline(shown)} |" in md, key
     card, _ = build_card(inputs)
-    assert f"params sha256: `{card['params_sha256']}`" in md
+    assert f"params sha256: {card['params_sha256']}" in md
 
 
 def test_card_shows_torch_version_and_git_commit(inputs):
@@ -175,14 +190,17 @@ def test_sections_and_figures(inputs):
     assert "Research demonstration only." in md
     assert "](figures/training_curves.png)" in md and "](figures/eval/roc_external.png)" in md
     assert "0.910 [0.860, 0.940]" in md  # external AUROC with its 95% CI
-    assert "| site_b | 20 | 5 | 0.920 [0.870, 0.950]" in md
+    assert "| site\\_b | 20 | 5 | 0.920 [0.870, 0.950]" in md
 
 
 def test_all_passing_inputs_give_a_release_candidate(inputs):
     card, md = build_card(inputs)
     assert [c["item"] for c in card["checklist"] if not c["passed"]] == []
     assert card["release_status"] == RELEASE_CANDIDATE and card["release_reasons"] == []
-    assert DRAFT not in md
+    assert card["release"]["passed"] and card["release"]["n_failed"] == 0
+    body = md.split("---\n", 2)[2]
+    assert body.lstrip().startswith(f"> **Release status: {RELEASE_CANDIDATE}.**")
+    assert f"> **{DRAFT}**" not in md
 
 
 def test_dirty_tree_makes_a_draft_with_a_banner(inputs):
@@ -190,7 +208,7 @@ def test_dirty_tree_makes_a_draft_with_a_banner(inputs):
     card, md = build_card(with_(inputs, git=git))
     assert card["release_status"] == DRAFT
     assert any(
-        "uncommitted changes: src/pathtrail/training.py" in r for r in card["release_reasons"]
+        "source differs from its commit: src/pathtrail/training.py" in r for r in card["release_reasons"]
     )
     body = md.split("---\n", 2)[2]
     assert body.lstrip().startswith(f"> **{DRAFT}**")
@@ -224,7 +242,7 @@ def test_skipped_compile_check_and_missing_external_are_reported(inputs):
     failed = {c["item"] for c in card["checklist"] if not c["passed"]}
     assert {
         "Trained with and without torch.compile",
-        "External cohort validated (AUROC with 95% CI)",
+        "External cohort evaluated (AUROC with 95% CI recorded; the release criteria judge the value)",
         "Loss curves match (eager vs compiled)",
     } <= failed
     assert card["release_status"] == DRAFT

@@ -43,10 +43,10 @@ def test_trail_timeline_filter_and_json(tree, capsys, monkeypatch):
     lines = out.splitlines()
     assert lines[0].split()[:3] == ["seq", "time", "(UTC)"]
     assert any(" train " in ln and " end " in ln and " ok " in ln for ln in lines)
-    assert "chain intact: 17 entries" in out
+    assert "chain intact: 19 entries" in out
     assert main(["trail", "--stage", "model_card"]) == 0
     body = capsys.readouterr().out.splitlines()[1:-2]
-    assert len(body) == 2 and all(" model_card " in ln for ln in body)
+    assert len(body) == 3 and all(" model_card " in ln for ln in body)  # start, release_criteria, end
     assert main(["trail", "--json", "--stage", "train", "--path", TRAIL]) == 0
     entries = [json.loads(ln) for ln in capsys.readouterr().out.splitlines()]
     assert [e["action"] for e in entries] == ["start", "end"] and entries[0]["stage"] == "train"

@@ -13,6 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 
 from fake_pipeline import CARD, TRAIL, dvc, fake_tree, run_card_stage
 from pathtrail.card.render import render_markdown
@@ -22,6 +23,7 @@ from pathtrail.core.hashing import sha256_bytes, sha256_path
 from pathtrail.provenance import audit
 from pathtrail.provenance.signing import load_private, load_public, sign_statement
 from pathtrail.review.verify import verify
+from pathtrail.train.model_file import write_model
 
 CARD_JSON = f"model_cards/{CARD}.json"
 SIG = f"model_cards/{CARD}.sig.json"
@@ -127,7 +129,8 @@ def forge_the_model(root: Path) -> None:
     Markdown; afterwards the unsigned checks cannot tell."""
     model = root / "models/model.pt"
     old_sha, old_md5 = sha256_path(model), md5(model)
-    model.write_bytes(bytes(reversed(model.read_bytes())))  # "negated" weights
+    blob = torch.load(model, weights_only=True)
+    write_model({k: -v for k, v in blob["state_dict"].items()}, blob["metadata"], model)  # negated weights
     new_sha, new_md5 = sha256_path(model), md5(model)
     mapping = rechain(root / TRAIL, {old_sha: new_sha})
     card_path, md_path = root / CARD_JSON, root / f"model_cards/{CARD}.md"
@@ -294,7 +297,8 @@ def test_a_signed_draft_is_not_a_release(tree, keys, capsys):
 
 
 def test_sign_refuses_a_draft_unless_asked(tree, keys, capsys):
-    (tree / "scratch.py").write_text("print('uncommitted')\n")  # a dirty tree: the card is a DRAFT
+    (tree / "src").mkdir(exist_ok=True)
+    (tree / "src/scratch.py").write_text("print('uncommitted')\n")  # untracked code: the card is a DRAFT
     run_card_stage(tree)
     dvc("commit", "-f", "-q", "model_card", cwd=tree)
     card = json.loads((tree / CARD_JSON).read_text())

@@ -92,6 +92,7 @@ def test_a_torn_last_line_is_repaired_by_the_next_stage_and_verify_says_so(tree,
     trail.write_bytes(trail.read_bytes() + b'{"action": "start", "stag')
     with audit.stage("evaluate", inputs=[], trail=trail) as rec:
         rec.record("threshold_locked", threshold=0.42)
+        rec.record("criteria_locked", criteria={}, criteria_sha256="0" * 64)
         rec.note(threshold=0.42)
     report = verify(tree, checks=["audit"])
     assert report.ok, report.problems

@@ -22,10 +22,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pathtrail.card.checklist import checklist, release_status
+from pathtrail.card.checklist import checklist, gate_reasons
+from pathtrail.card.release import criteria_results, is_demo_data, release_facts, warnings
 from pathtrail.card.render import render_markdown
+from pathtrail.card.reporting import reporting_checklists
+from pathtrail.card.status import MEANINGS, decide
 from pathtrail.card.values import CARD_FORMAT, CARD_STAGE, VALIDATION_KEYS, get
 from pathtrail.core.hashing import canonical_json, digest, sha256_bytes
+
+# What the card's hashes cover (a reader compares them with the files' own).
+PARAMS_SCOPE = "every section of params.yaml as shown in `params` (absolute paths redacted)"
+TRAINING_PARAMS_SCOPE = "the data, model and train sections, as hashed into models/model.pt by the train stage"
 
 
 @dataclass(frozen=True)
@@ -40,8 +47,9 @@ class CardInputs:
     validation: dict[str, Any] | None = None
     split: dict[str, Any] | None = None
     normalization: dict[str, Any] | None = None
-    stain_reference_sha256: str | None = None
+    stain_reference: dict[str, Any] = field(default_factory=dict)  # path, sha256, fit_patches, ...
     model_sha256: str | None = None
+    model_metadata: dict[str, Any] = field(default_factory=dict)  # models/model.pt's metadata
     epochs: list[dict[str, Any]] = field(default_factory=list)
     figures: dict[str, str] = field(
         default_factory=dict
@@ -50,6 +58,9 @@ class CardInputs:
     dvc_lock: dict[str, Any] | None = None  # parsed dvc.lock
     manifests: dict[str, dict[str, Any]] = field(default_factory=dict)
     chain_head: str | None = None
+    chain_head_entry: dict[str, Any] = field(default_factory=dict)  # seq, stage, action of that entry
+    criteria_lock: dict[str, Any] | None = None  # the evaluate run's `criteria_locked` entry (seq, sha256)
+    upstream_dirty: list[str] = field(default_factory=list)  # stage runs the trail records as dirty
     trail: str = "audit/trail.jsonl"
     git: dict[str, Any] = field(default_factory=dict)  # provenance.GitState.as_dict()
     environment: dict[str, Any] = field(default_factory=dict)  # provenance.environment()
@@ -72,6 +83,8 @@ def assemble(inp: CardInputs) -> dict[str, Any]:
     params = inp.params
     name = get(params, "card.name") or "model"
     compile_check = inp.compile_check or {}
+    meta = inp.model_metadata or {}
+    demo = is_demo_data(inp.dvc_lock, params)
     card: dict[str, Any] = {
         "card_format": CARD_FORMAT,
         "name": name,
@@ -82,9 +95,12 @@ def assemble(inp: CardInputs) -> dict[str, Any]:
             "dropout": get(params, "model.dropout"),
             "classes": get(params, "data.classes"),
             "sha256": inp.model_sha256,
+            "training_params_sha256": meta.get("params_sha256"),
+            "training_params_scope": TRAINING_PARAMS_SCOPE,
         },
         "params": params,
         "params_sha256": digest(params),
+        "params_scope": PARAMS_SCOPE,
         "metrics": {"eval": inp.eval_metrics, "train": inp.train_metrics},
         "training_curves": inp.epochs,
         "compile_check": inp.compile_check,
@@ -93,7 +109,8 @@ def assemble(inp: CardInputs) -> dict[str, Any]:
             if inp.validation
             else None,
             "split": inp.split,
-            "normalization": inp.normalization,
+            "normalization": _normalization(inp.normalization),
+            "demo": demo,
         },
         "figures": dict(sorted(inp.figures.items())),
         "environment": {
@@ -111,19 +128,100 @@ def assemble(inp: CardInputs) -> dict[str, Any]:
                     "git_dirty",
                     "git_modified",
                     "git_commit_date",
+                    "git_changed",
+                    "git_n_changed",
+                    "params_changed",
                 )
             },
+            "upstream_dirty": inp.upstream_dirty,
             "dvc_lock": lock_stage_hashes(inp.dvc_lock),
             "manifests": inp.manifests,
-            "stain_reference_sha256": inp.stain_reference_sha256,
+            "stain_reference": inp.stain_reference,
             "model_sha256": inp.model_sha256,
             "inputs": dict(sorted(inp.input_hashes.items())),
         },
-        "audit": {"chain_head": inp.chain_head, "trail": inp.trail},
+        "audit": {"chain_head": inp.chain_head, **{f"chain_head_{k}": v for k, v in inp.chain_head_entry.items()},
+                  "trail": inp.trail},
     }
+    card["release"] = release_section(inp, params, demo)
     card["checklist"] = checklist(card)
-    card["release_status"], card["release_reasons"] = release_status(card)
+    card["release_status"], card["release_reasons"] = status_of(card, inp)
+    card["status_meanings"] = dict(MEANINGS)
+    card["reporting"] = reporting_checklists(card)
     return card
+
+
+def release_section(inp: CardInputs, params: dict[str, Any], demo: bool) -> dict[str, Any]:
+    """The pre-specified criteria with their verdicts, the facts they read, the lock, and warnings."""
+    release = get(params, "release") or {}
+    facts = release_facts(eval_metrics=inp.eval_metrics, compile_check=inp.compile_check,
+                          normalization=inp.normalization, split=inp.split, params=params,
+                          intended_use=inp.intended_use, demo=demo)
+    verdicts = criteria_results(release.get("criteria") or {}, facts)
+    lock = inp.criteria_lock or {}
+    verdicts["locked_before_evaluation"] = {
+        "seq": lock.get("seq"),
+        "criteria_sha256": lock.get("criteria_sha256"),
+        "matches": bool(lock) and lock.get("criteria_sha256") == verdicts["criteria_sha256"],
+    }
+    shown = {k: v for k, v in facts.items() if not k.startswith(("internal_test.", "external.", "per_site.",
+                                                                   "domain_shift."))}
+    return {**verdicts, "facts": shown,
+            "warnings": warnings(eval_metrics=inp.eval_metrics, split=inp.split, facts=facts,
+                                 min_patients=int(release.get("min_ci_patients") or 0),
+                                 max_fallback=float(release.get("max_fallback_fraction") or 1.0))}
+
+
+def status_of(card: dict[str, Any], inp: CardInputs) -> tuple[str, list[str]]:
+    prov = card["provenance"]
+    source: list[str] = []
+    if not prov.get("git_commit"):
+        source.append("no git commit: the code is not under version control")
+    if prov.get("git_dirty"):
+        modified = prov.get("git_modified") or []
+        shown = ", ".join(modified[:10]) + (f" and {len(modified) - 10} more" if len(modified) > 10 else "")
+        source.append(f"source differs from its commit: {shown or 'unknown'}")
+    source += [f"ran from modified source: {u}" for u in inp.upstream_dirty]
+    if not card["model"].get("sha256"):
+        source.append("model weights hash missing")
+    return decide(source_reasons=source, params_changed=list(prov.get("params_changed") or []),
+                  gate_reasons=gate_reasons(card))
+
+
+def _normalization(report: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The normalization report, with the reference's list of fit-patch hashes summarised (the
+    reference file's own sha256 is `provenance.stain_reference.sha256`)."""
+    if not report:
+        return report
+    out = {k: v for k, v in report.items() if k != "reference_sha256"}
+    fit = report.get("reference_sha256")
+    if isinstance(fit, list):
+        out["reference_fit_patches"] = len(fit)
+        out["reference_fit_patches_sha256"] = digest(fit)
+    return out
+
+
+def upstream_dirty(entries: Iterable[dict[str, Any]]) -> list[str]:
+    """The latest successful run of each stage (not the card's) whose start entry says the source
+    was modified: "stage (trail seq N): files"."""
+    out = []
+    for stage, start in sorted(latest_successful_starts(entries).items()):
+        if stage != CARD_STAGE and start.get("git_dirty"):
+            files = ", ".join(map(str, (start.get("git_modified") or [])[:5])) or "unknown files"
+            out.append(f"stage {stage} (trail seq {start.get('seq')}): {files}")
+    return out
+
+
+def criteria_lock(entries: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
+    """The `criteria_locked` entry of the latest successful evaluate run: {seq, criteria_sha256}."""
+    runs: dict[Any, dict[str, Any]] = {}
+    found = None
+    for e in entries:
+        if e.get("stage") == "evaluate" and e.get("action") == "criteria_locked":
+            runs[e.get("run_id")] = e
+        elif e.get("stage") == "evaluate" and e.get("action") == "end" and e.get("outcome") == "ok":
+            found = runs.get(e.get("run_id"))
+    return {"seq": found.get("seq"), "criteria_sha256": found.get("criteria_sha256")} if found else None
 
 
 # ----------------------------------------------------------------------------- derived sections
@@ -197,12 +295,13 @@ def latest_successful_starts(entries: Iterable[dict[str, Any]]) -> dict[str, dic
     return out
 
 
-def card_chain_head(entries: list[dict[str, Any]], genesis: str) -> str:
-    """The hash of the last entry not written by the card stage itself (see the module docstring)."""
+def card_chain_head(entries: list[dict[str, Any]], genesis: str) -> tuple[str, dict[str, Any]]:
+    """The hash of the last entry not written by the card stage itself (see the module docstring),
+    and that entry's seq, stage and action (so a reader can find it in the trail)."""
     for e in reversed(entries):
         if e.get("stage") != CARD_STAGE and e.get("entry_hash"):
-            return str(e["entry_hash"])
-    return genesis
+            return str(e["entry_hash"]), {"seq": e.get("seq"), "stage": e.get("stage"), "action": e.get("action")}
+    return genesis, {"seq": None, "stage": None, "action": None}
 
 
 def read_epochs(path: str | Path) -> list[dict[str, Any]]:

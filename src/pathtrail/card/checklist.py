@@ -1,10 +1,10 @@
-"""The card's validation checklist and its release status, decided from the card's own values."""
+"""The card's validation checklist and the result-based reasons against release, from the card's own values."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from pathtrail.card.values import DRAFT, RELEASE_CANDIDATE, fmt, get, number
+from pathtrail.card.values import fmt, get, number
 
 
 def _item(item: str, passed: bool, evidence: str) -> dict[str, Any]:
@@ -63,7 +63,7 @@ def checklist(card: dict[str, Any]) -> list[dict[str, Any]]:
     ext_vals = [number(ext.get(k)) for k in ("auroc", "auroc_ci_low", "auroc_ci_high")]
     items.append(
         _item(
-            "External cohort validated (AUROC with 95% CI)",
+            "External cohort evaluated (AUROC with 95% CI recorded; the release criteria judge the value)",
             all(v is not None for v in ext_vals),
             f"external AUROC {fmt(ext_vals[0], 4)} (95% CI {fmt(ext_vals[1], 4)} to {fmt(ext_vals[2], 4)}), "
             f"{ext.get('n_samples', 'n/a')} samples, {ext.get('n_patients', 'n/a')} patients",
@@ -110,28 +110,34 @@ def checklist(card: dict[str, Any]) -> list[dict[str, Any]]:
     return items
 
 
-def release_status(card: dict[str, Any]) -> tuple[str, list[str]]:
-    """RELEASE CANDIDATE only with a clean, committed tree, a passed gate and a fully passed checklist."""
-    prov, reasons = card["provenance"], []
-    if not prov.get("git_commit"):
-        reasons.append("no git commit: the code is not under version control")
-    if prov.get("git_dirty"):
-        modified = prov.get("git_modified") or []
-        shown = ", ".join(modified[:10]) + (
-            f" and {len(modified) - 10} more" if len(modified) > 10 else ""
-        )
-        reasons.append(f"working tree has uncommitted changes: {shown or 'unknown'}")
+def gate_reasons(card: dict[str, Any]) -> list[str]:
+    """Why the card cannot be a release candidate on its results: a failed compile gate, a failed
+    checklist line, a failed or unlocked release criterion (each with its value and threshold)."""
+    reasons = []
     cc = card.get("compile_check") or {}
     if cc.get("status") == "failed" or cc.get("passed") is False:
         reasons.append(
             "compile-check gate failed: "
             + ("; ".join(cc.get("failures") or []) or "see compile_check")
         )
-    if not card["model"].get("sha256"):
-        reasons.append("model weights hash missing")
     reasons += [
         f"checklist item failed: {c['item']} ({c['evidence']})"
         for c in card["checklist"]
         if not c["passed"]
     ]
-    return (DRAFT if reasons else RELEASE_CANDIDATE), reasons
+    release = card.get("release") or {}
+    reasons += [
+        f"release criterion {name} failed: {r.get('why') or r.get('criterion')}"
+        for name, r in sorted((release.get("results") or {}).items())
+        if not r.get("passed")
+    ]
+    lock = release.get("locked_before_evaluation") or {}
+    if not lock.get("matches"):
+        reasons.append(
+            "release criteria not proven fixed before evaluation: "
+            + (f"the evaluate run locked criteria sha256 {str(lock.get('criteria_sha256'))[:12]}… (trail seq "
+               f"{lock.get('seq')}), these are {str(release.get('criteria_sha256'))[:12]}…"
+               if lock.get("seq") is not None else "no criteria_locked entry in the latest evaluate run")
+            + "; rerun `dvc repro`"
+        )
+    return reasons

@@ -13,9 +13,11 @@ from typing import Any
 
 import yaml
 
-from pathtrail.card import sections
+from pathtrail.card import sections, status_text
+from pathtrail.card.reporting import render_reporting
 from pathtrail.card.text import cohorts
 from pathtrail.card.values import get, number
+from pathtrail.core.text import md_inline
 
 # (eval.json key, Hugging Face metric type, display name); CIs come from `<key>_ci_low/_ci_high`.
 INDEX_METRICS = (
@@ -56,8 +58,8 @@ def dump_yaml(obj: Any) -> str:
 def render_markdown(card: dict[str, Any]) -> str:
     parts = [
         f"---\n{dump_yaml(front_matter(card))}---\n",
-        sections.banner(card),
-        f"# Model card: {card['name']}\n",
+        status_text.banner(card),
+        f"# Model card: {md_inline(card['name'])}\n",
         sections.model_details(card),
         sections.intended_use(card),
         sections.factors(card),
@@ -66,6 +68,8 @@ def render_markdown(card: dict[str, Any]) -> str:
         sections.training_data(card),
         sections.quantitative(card),
         sections.checklist(card),
+        status_text.release_criteria(card),
+        render_reporting(card.get("reporting") or {}),
         sections.figures(card),
         sections.ethics(card),
         sections.caveats(card),

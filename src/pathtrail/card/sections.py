@@ -8,18 +8,12 @@ checklist, figures, environment, provenance and the appendix of every flag.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
-from pathtrail.card.text import bullets, cohorts, metric_table, num, table, text, with_ci
-from pathtrail.card.values import DRAFT, flatten, get, number
-
-
-def banner(card: dict[str, Any]) -> str:
-    if card["release_status"] != DRAFT:
-        return "> **Release status: RELEASE CANDIDATE.** Every automatic check below passed.\n"
-    reasons = "".join(f">\n> - {r}\n" for r in card["release_reasons"])
-    return (
-        f"> **{DRAFT}**\n>\n> This card must not be used to release the model, because:\n{reasons}"
-    )
+from pathtrail.card.status_text import compile_verdict, working_tree
+from pathtrail.card.text import bullets, cell, cohorts, metric_table, num, table, text, with_ci
+from pathtrail.card.values import flatten, get, number
+from pathtrail.core.text import md_block, md_inline
 
 
 def model_details(card: dict[str, Any]) -> str:
@@ -43,10 +37,7 @@ def model_details(card: dict[str, Any]) -> str:
                     f"committed {prov.get('git_commit_date')}"
                 ),
             ),
-            (
-                "Working tree",
-                "modified (uncommitted changes)" if prov.get("git_dirty") else "clean",
-            ),
+            ("Working tree", working_tree(prov)),
             ("Profile", get(p, "profile.name")),
             (
                 "Training",
@@ -54,7 +45,7 @@ def model_details(card: dict[str, Any]) -> str:
                     f"{get(p, 'train.epochs')} epochs max, batch {get(p, 'train.batch_size')}, "
                     f"lr {get(p, 'train.lr')} ({get(p, 'train.scheduler')}), "
                     f"grad clip {get(p, 'train.grad_clip_norm')}, "
-                    f"torch.compile {text(get(p, 'train.use_compile'))}"
+                    f"torch.compile {text(get(p, 'train.use_compile'))} ({compile_verdict(card)})"
                 ),
             ),
             ("Best epoch", train.get("best_epoch")),
@@ -67,7 +58,7 @@ def model_details(card: dict[str, Any]) -> str:
 def intended_use(card: dict[str, Any]) -> str:
     return (
         "## Intended use\n\n"
-        + (card.get("intended_use") or "_No intended-use statement was provided._")
+        + (md_block(card.get("intended_use") or "") or "_No intended-use statement was provided._")
         + "\n"
     )
 
@@ -78,9 +69,11 @@ def factors(card: dict[str, Any]) -> str:
     per_site = sorted(get(card, "metrics.eval.per_site") or {})
     lines = [
         "- **Acquisition site / stain protocol:** "
-        + ("; ".join(f"{c}: {', '.join(s) or '–'}" for c, s in sorted(sites.items())) or "–")
+        + md_inline("; ".join(f"{c}: {', '.join(s) or '–'}" for c, s in sorted(sites.items())) or "–")
     ]
-    lines.append(f"- **Evaluated per site:** {', '.join(per_site) or '–'}")
+    external_sites = sorted(get(card, "metrics.eval.external_per_site") or {})
+    lines.append(f"- **Evaluated per site (internal test):** {md_inline(', '.join(per_site) or '–')}"
+                 + (f"; external: {md_inline(', '.join(external_sites))}" if external_sites else ""))
     lines.append(
         "- **Patient:** splits are grouped by patient; confidence intervals resample patients, and "
         "patient-level results use the mean probability of each patient's patches."
@@ -98,7 +91,7 @@ def metrics(card: dict[str, Any]) -> str:
     return (
         "## Metrics\n\nPrimary: AUROC with a patient-clustered percentile bootstrap 95% CI "
         f"({num(ev.get('n_bootstrap'))} resamples). Also AUPRC, sensitivity and specificity at the operating "
-        f"threshold {num(ev.get('threshold'), 4)} (rule `{ev.get('threshold_rule')}`, chosen on the validation "
+        f"threshold {num(ev.get('threshold'), 4)} (rule {md_inline(ev.get('threshold_rule'))}, chosen on the validation "
         "split before the test split and external cohort were read), balanced accuracy, Brier score and "
         "expected calibration error (ECE).\n"
     )
@@ -115,9 +108,12 @@ def evaluation_data(card: dict[str, Any]) -> str:
         ]
         for name, m in cohorts(card)
     ]
+    ext = get(card, "data.validation.cohorts.external") or {}
+    note = (f"\nThe external cohort (sites: {md_inline(', '.join(map(str, ext.get('sites') or {})) or '–')}) was "
+            "never used for training, model selection or the threshold.\n" if ext else "")
     return "## Evaluation data\n\n" + table(
         ["Cohort", "Samples", "Patients", "Positive", "Negative"], rows
-    )
+    ) + note
 
 
 def training_data(card: dict[str, Any]) -> str:
@@ -132,7 +128,7 @@ def training_data(card: dict[str, Any]) -> str:
             s.get("sites"),
         ]
         for c, s in sorted((v.get("cohorts") or {}).items())
-        if isinstance(s, dict)
+        if isinstance(s, dict) and c != "external"
     ]
     out = "## Training data\n\n" + (
         f"Validation status: {v.get('status')} ({num(v.get('n_errors'))} errors, "
@@ -165,7 +161,9 @@ def quantitative(card: dict[str, Any]) -> str:
     out = "## Quantitative analyses\n\n### Per cohort (patch level)\n\n" + metric_table(
         named, "Cohort"
     )
-    out += "\n### Per site\n\n" + metric_table(sorted((ev.get("per_site") or {}).items()), "Site")
+    out += "\n### Per site (internal test split)\n\n" + metric_table(sorted((ev.get("per_site") or {}).items()), "Site")
+    if ev.get("external_per_site"):
+        out += "\n### Per site (external cohort)\n\n" + metric_table(sorted(ev["external_per_site"].items()), "Site")
     out += "\n### Patient level\n\n" + metric_table(
         [(n, m["patient_level"]) for n, m in named if isinstance(m.get("patient_level"), dict)],
         "Cohort",
@@ -216,8 +214,8 @@ def quantitative(card: dict[str, Any]) -> str:
 
 def checklist(card: dict[str, Any]) -> str:
     lines = [
-        f"- [{'x' if c['passed'] else ' '}] **{c['item']}** — {'PASS' if c['passed'] else 'FAIL'}: "
-        f"{c['evidence']}"
+        f"- [{'x' if c['passed'] else ' '}] **{md_inline(c['item'])}** — {'PASS' if c['passed'] else 'FAIL'}: "
+        f"{md_inline(c['evidence'])}"
         for c in card["checklist"]
     ]
     return (
@@ -257,7 +255,7 @@ def figures(card: dict[str, Any]) -> str:
         "figures/compile_check_loss.png",
     )
     ordered = [p for p in first if p in figs] + sorted(p for p in figs if p not in first)
-    return "## Figures\n\n" + "\n".join(f"![{_caption(p)}]({p})\n" for p in ordered)
+    return "## Figures\n\n" + "\n".join(f"![{md_inline(_caption(p))}]({quote(p)})\n" for p in ordered)
 
 
 def ethics(card: dict[str, Any]) -> str:
@@ -274,20 +272,22 @@ def ethics(card: dict[str, Any]) -> str:
 
 def caveats(card: dict[str, Any]) -> str:
     lines = [
-        f"- Release status is **{card['release_status']}**"
-        + (": " + "; ".join(card["release_reasons"]) if card["release_reasons"] else ".")
+        f"- Release status is **{md_inline(card['release_status'])}**"
+        + (": " + md_inline("; ".join(card["release_reasons"])) if card["release_reasons"] else ".")
     ]
     shift = get(card, "metrics.eval.domain_shift") or {}
     if number(shift.get("auroc_difference")) is not None:
         lines.append(f"- External minus internal-test AUROC: {with_ci(shift, 'auroc_difference')}.")
-    for name, m in cohorts(card) + sorted((get(card, "metrics.eval.per_site") or {}).items()):
-        lines += [f"- {name}: {w}" for w in m.get("warnings") or []]
+    named = cohorts(card) + [(f"site {k}", v) for k, v in sorted((get(card, "metrics.eval.per_site") or {}).items())]
+    for name, m in named:
+        lines += [f"- {md_inline(name)}: {md_inline(w)}" for w in m.get("warnings") or []]
+    lines += [f"- {md_inline(w)}" for w in get(card, "release.warnings") or []]
     norm = get(card, "data.normalization") or {}
     for cohort, c in sorted((norm.get("cohorts") or {}).items()):
         if isinstance(c, dict) and c.get("fallback"):
             lines.append(
-                f"- {cohort}: {c['fallback']} of {c.get('patches')} patches could not be normalized "
-                f"and used the `{norm.get('fallback')}` fallback."
+                f"- {md_inline(cohort)}: {num(c['fallback'])} of {num(c.get('patches'))} patches could not be "
+                f"normalized and used the {md_inline(norm.get('fallback'))} fallback."
             )
     lines.append(
         "- Re-validate after any change of scanner, stain protocol, patch size or population; "
@@ -317,17 +317,26 @@ def environment(card: dict[str, Any]) -> str:
 
 def provenance(card: dict[str, Any]) -> str:
     prov, audit = card["provenance"], card.get("audit") or {}
+    ref = prov.get("stain_reference") or {}
     out = "## Provenance\n\n" + bullets(
         [
             (k, prov.get(k))
             for k in ("git_commit", "git_branch", "git_remote_url", "git_dirty", "git_commit_date")
         ]
         + [
-            ("git_modified", ", ".join(prov.get("git_modified") or []) or "none"),
+            ("source files modified (git_modified)", ", ".join(prov.get("git_modified") or []) or "none"),
+            ("params changed from the commit", ", ".join(prov.get("params_changed") or []) or "none"),
+            ("paths git reports changed", (f"{prov.get('git_n_changed') or 0}: "
+                                           + (", ".join(prov.get("git_changed") or []) or "none"))),
+            ("stage runs from modified source", "; ".join(prov.get("upstream_dirty") or []) or "none"),
             ("model_sha256", prov.get("model_sha256")),
-            ("stain_reference_sha256", prov.get("stain_reference_sha256")),
-            ("params_sha256", card["params_sha256"]),
-            ("audit chain head", audit.get("chain_head")),
+            ("stain reference", (f"{ref.get('path')} sha256 {ref.get('sha256')} (fitted on "
+                                 f"{ref.get('fit_patches')} training patches)")),
+            ("params_sha256", f"{card['params_sha256']} ({card.get('params_scope')})"),
+            ("training params sha256", (f"{get(card, 'model.training_params_sha256')} "
+                                        f"({get(card, 'model.training_params_scope')})")),
+            ("audit chain head", (f"{audit.get('chain_head')} (trail seq {audit.get('chain_head_seq')}, "
+                                  f"{audit.get('chain_head_stage')} {audit.get('chain_head_action')})")),
             ("audit trail", audit.get("trail")),
         ]
     )
@@ -355,7 +364,7 @@ def provenance(card: dict[str, Any]) -> str:
 
 
 def every_flag(card: dict[str, Any]) -> str:
-    rows = [[f"`{k}`", f"`{text(v)}`"] for k, v in flatten(card["params"]).items()]
-    return f"## Appendix: every flag\n\nparams sha256: `{card['params_sha256']}`\n\n" + table(
+    rows = [[k, text(v)] for k, v in flatten(card["params"]).items()]
+    return f"## Appendix: every flag\n\nparams sha256: {cell(card['params_sha256'])}\n\n" + table(
         ["Flag", "Value"], rows
     )

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from pathtrail.card.values import get, number
+from pathtrail.core.text import md_inline
 
 TABLE_METRICS = ("auroc", "auprc", "sensitivity", "specificity", "balanced_accuracy", "brier")
 LABELS = {
@@ -18,6 +19,10 @@ LABELS = {
 }
 
 
+class Md(str):
+    """Text that is already inert Markdown (made here from numbers only): `cell` keeps it as it is."""
+
+
 def cohorts(card: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     ev = get(card, "metrics.eval") or {}
     return [(c, ev[c]) for c in ("internal_test", "external") if isinstance(ev.get(c), dict)]
@@ -26,18 +31,18 @@ def cohorts(card: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
 def num(value: Any, digits: int = 3) -> str:
     x = number(value)
     if x is None:
-        return "–" if value is None else cell(value)
+        return "–" if value is None else text(value)  # escaped where it is placed (table, bullets)
     return str(value) if isinstance(value, int) else f"{x:.{digits}f}"
 
 
 def with_ci(m: dict[str, Any], key: str, digits: int = 3) -> str:
     low, high = m.get(f"{key}_ci_low"), m.get(f"{key}_ci_high")
     shown = num(m.get(key), digits)
-    return (
-        shown
-        if low is None or high is None
-        else f"{shown} [{num(low, digits)}, {num(high, digits)}]"
-    )
+    if low is None or high is None:
+        return shown
+    if all(number(v) is not None for v in (m.get(key), low, high)):
+        return Md(f"{shown} [{num(low, digits)}, {num(high, digits)}]")
+    return f"{shown} [{num(low, digits)}, {num(high, digits)}]"
 
 
 def text(value: Any) -> str:
@@ -48,7 +53,8 @@ def text(value: Any) -> str:
 
 
 def cell(value: Any) -> str:
-    return text(value).replace("|", "\\|").replace("\n", " ")
+    """Any value as inert one-line Markdown (user strings cannot add HTML, rows, lines or banners)."""
+    return value if isinstance(value, Md) else md_inline(text(value))
 
 
 def table(header: list[str], rows: list[list[Any]]) -> str:

@@ -6,7 +6,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pathtrail.config.loading import require
+from pathtrail.config.criteria import CriterionError, parse_all
+from pathtrail.config.loading import ParamsError, require
 from pathtrail.core.system import usable_cpus
 
 # The architectures `pathtrail.train.models.build_model` knows (torchvision ones need torchvision installed).
@@ -250,3 +251,21 @@ class CardParams:
 @dataclass(frozen=True)
 class ProfileParams:
     name: Literal["production", "fast", "benchmark"]
+
+
+@dataclass(frozen=True)
+class ReleaseParams:
+    """The `release` params section: acceptance criteria fixed before evaluation, and warning levels."""
+
+    criteria: dict[str, str]
+    min_ci_patients: int          # a CI from fewer patients than this gets a warning in the card
+    max_fallback_fraction: float  # a stain-normalization fallback share above this gets a warning
+
+    def check(self) -> None:
+        require(bool(self.criteria), "release.criteria", "must name at least one criterion")
+        require(self.min_ci_patients >= 1, "release.min_ci_patients", "must be >= 1")
+        require(0 <= self.max_fallback_fraction <= 1, "release.max_fallback_fraction", "must be in [0, 1]")
+        try:
+            parse_all(self.criteria)
+        except CriterionError as exc:
+            raise ParamsError(str(exc)) from None

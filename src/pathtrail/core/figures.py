@@ -45,10 +45,14 @@ def image_grid(rows: Sequence[tuple[str, np.ndarray]], path: str | Path, titles:
 
 
 def line_plot(series: dict[str, tuple[Sequence[float], Sequence[float]]], path: str | Path, *,
-              title: str, xlabel: str, ylabel: str, diagonal: bool = False) -> Path:
+              title: str, xlabel: str, ylabel: str, diagonal: bool = False,
+              points: Sequence[tuple[float, float, str]] = ()) -> Path:
+    """One line per series; each of `points` (x, y, legend label) is marked on top."""
     fig, ax = plt.subplots(figsize=(4.5, 3.5))
     for name, (x, y) in series.items():
         ax.plot(x, y, label=name, linewidth=1.2)
+    for x, y, label in points:
+        ax.plot([x], [y], "o", color="black", markersize=5, label=label, zorder=3)
     if diagonal:
         ax.plot([0, 1], [0, 1], "k:", linewidth=0.8)
     ax.set_title(title, fontsize=9)

@@ -2,16 +2,21 @@
 
 Every artifact goes through these helpers so that a crash never leaves a half-written file behind
 and so that the same content always produces the same bytes (`pathtrail.core.hashing`'s canonical
-JSON, fixed line endings).
+JSON, fixed line endings). Files and folders get the permissions that `open()` and `mkdir()` would
+give them (0o666 / 0o777 less the process umask), not tempfile's private 0o600 / 0o700.
 """
 
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
+import numbers
 import os
+import re
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,14 +25,37 @@ import pandas as pd
 
 from pathtrail.core.hashing import canonical_json
 
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask, read afresh on every call (it may change while the process runs).
+
+    Linux reports it in /proc/self/status without changing it; elsewhere it is read with the
+    set-and-restore dance under a lock, setting 0o077 meanwhile so that a file another thread
+    creates in that instant is more private, never less."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o077)
+        os.umask(mask)
+    return mask
+
 
 def write_bytes(data: bytes, path: str | Path) -> Path:
-    """Write via a temporary file in the same folder, fsync, then rename over the target."""
+    """Write via a temporary file in the same folder, fsync, then rename over the target.
+    The file ends up with mode 0o666 & ~umask, as `open(path, "wb")` would create it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~current_umask())
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -52,8 +80,81 @@ def read_json(path: str | Path) -> Any:
         return json.load(f)
 
 
+# A cell starting with one of these is a formula to Excel, LibreOffice and Google Sheets (OWASP
+# "CSV injection": = + - @ tab CR; ASVS 1.2.10 adds NUL).
+FORMULA_START = frozenset("=+-@\t\r\0")
+# ... unless it is just a number: no operator or function, so a spreadsheet evaluates it to itself
+_PLAIN_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
+def _text(value: Any) -> str | None:
+    """What to_csv writes for a cell that is text (str() of any non-number), None otherwise."""
+    if value is None or isinstance(value, numbers.Number):
+        return None
+    return value if isinstance(value, str) else str(value)
+
+
+def neutralise_cell(value: Any) -> Any:
+    """`value` as a spreadsheet-safe CSV cell: text starting with a formula character gets a `'`
+    in front (spreadsheets show it as text); numbers, None and every other value stay as they are."""
+    text = _text(value)
+    if text is not None and text[:1] in FORMULA_START and not _PLAIN_NUMBER.fullmatch(text):
+        return "'" + text
+    return value
+
+
+def _inert(dtype: Any) -> bool:
+    """Columns whose cells are never text: numbers, booleans, dates, durations."""
+    api = pd.api.types
+    return (api.is_numeric_dtype(dtype) or api.is_bool_dtype(dtype)
+            or api.is_datetime64_any_dtype(dtype) or api.is_timedelta64_dtype(dtype))
+
+
+def _has_cr(values: list[Any]) -> bool:
+    return any("\r" in t for t in map(_text, values) if t is not None)
+
+
+def neutralise_formulas(df: pd.DataFrame) -> tuple[pd.DataFrame, bool]:
+    """(`df` with every text cell and column name passed through `neutralise_cell`, whether any
+    text holds a carriage return). `df` itself is not changed, and is returned as is when nothing
+    needed a quote."""
+    out, has_cr = df, False
+    for i, dtype in enumerate(df.dtypes):
+        if _inert(dtype):
+            continue
+        values = df.iloc[:, i].astype(object).tolist()
+        fixed = [neutralise_cell(v) for v in values]
+        has_cr = has_cr or _has_cr(values)
+        if any(a is not b for a, b in zip(values, fixed, strict=True)):
+            out = df.copy() if out is df else out
+            out.isetitem(i, pd.Series(fixed, index=df.index, dtype=object))
+    multi = isinstance(df.columns, pd.MultiIndex)
+    names = list(df.columns)
+    fixed_names = [tuple(map(neutralise_cell, n)) if multi else neutralise_cell(n) for n in names]
+    has_cr = has_cr or _has_cr([x for n in names for x in (n if multi else (n,))])
+    if fixed_names != names:
+        out = df.copy() if out is df else out
+        out.columns = (pd.MultiIndex.from_tuples(fixed_names, names=df.columns.names) if multi
+                       else pd.Index(fixed_names, dtype=object))
+    return out, has_cr
+
+
 def write_csv(df: pd.DataFrame, path: str | Path) -> Path:
-    return write_text(df.to_csv(index=False, lineterminator="\n"), path)
+    r"""Write `df` without its index, "\n" line endings, safe to open in a spreadsheet.
+
+    Formula injection (OWASP "CSV injection") is neutralised the way spreadsheet-safe exporters do
+    it: a text cell or column name whose first character is `=`, `+`, `-`, `@`, tab, carriage
+    return or NUL gets a single quote `'` in front, so `=HYPERLINK(..)` is stored as
+    `'=HYPERLINK(..)` and shown as text. Never changed: numeric, boolean, date and duration columns
+    (-0.5 stays -0.5), numbers inside text columns, and text that is just a decimal number such as
+    "-3" or "+1.5e-3" (inert: a spreadsheet evaluates it to the same number). Everything else
+    round-trips through `read_table` unchanged, newlines, quotes and commas included: fields are
+    quoted as the csv module does, and when any text holds a carriage return (which Python's csv
+    leaves unquoted under a "\n" line terminator, letting it split a row) every field is quoted.
+    """
+    safe, has_cr = neutralise_formulas(df)
+    quoting = csv.QUOTE_ALL if has_cr else csv.QUOTE_MINIMAL
+    return write_text(safe.to_csv(index=False, lineterminator="\n", quoting=quoting), path)
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
@@ -63,11 +164,13 @@ def read_table(path: str | Path) -> pd.DataFrame:
 
 @contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary sibling folder; on success it replaces `path`, on error it is removed."""
+    """Yield a temporary sibling folder; on success it replaces `path`, on error it is removed.
+    The folder ends up with mode 0o777 & ~umask, as `mkdir` would create it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
+        os.chmod(tmp, 0o777 & ~current_umask())
         yield tmp
         if path.exists():
             shutil.rmtree(path)

@@ -95,7 +95,7 @@ def _namer(classes: Sequence[str] | None) -> Any:
 
 
 def split_summary(splits: dict[str, pd.DataFrame], classes: Sequence[str]) -> dict[str, Any]:
-    """Counts of patches, patients and slides per split and per class, and achieved fractions."""
+    """Counts of patches, patients and slides per split, per class and per site, and achieved fractions."""
     total_patches = sum(len(t) for t in splits.values())
     total_patients = sum(t["patient_id"].nunique() for t in splits.values())
     out = {}
@@ -112,4 +112,7 @@ def split_summary(splits: dict[str, pd.DataFrame], classes: Sequence[str]) -> di
             if total_patients else None,
             "classes": by_class,
         }
+        if "site" in part:
+            out[name]["sites"] = {str(site): {"patches": len(rows), "patients": int(rows["patient_id"].nunique())}
+                                  for site, rows in part.groupby("site", sort=True)}
     return out

@@ -76,6 +76,29 @@ def pr_points(
     ]
 
 
+def operating_point(
+    labels: Sequence[int] | np.ndarray, probs: Sequence[float] | np.ndarray, threshold: float
+) -> dict[str, float | None]:
+    """The operating point ``prob >= threshold``: fpr, tpr (ROC) and recall, precision (PR).
+
+    The same confusion counts as `metrics.binary_metrics` (tpr = recall = sensitivity, fpr =
+    1 - specificity, precision = PPV), so the point is a vertex of the ROC and PR curves above.
+    A rate without a denominator (no negatives, no positives, no predicted positives) is None.
+    """
+    y, p = _binary_arrays(labels, probs)
+    called, positive = p >= threshold, y == 1
+    tp, fp = int((called & positive).sum()), int((called & ~positive).sum())
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    tpr = tp / n_pos if n_pos else None
+    return {
+        "threshold": float(threshold),
+        "fpr": fp / n_neg if n_neg else None,
+        "tpr": tpr,
+        "recall": tpr,
+        "precision": tp / (tp + fp) if tp + fp else None,
+    }
+
+
 def calibration_bins(
     labels: Sequence[int] | np.ndarray, probs: Sequence[float] | np.ndarray, n_bins: int = 10
 ) -> list[dict[str, float]]:
@@ -87,7 +110,8 @@ def calibration_bins(
     """
     y, p = _binary_arrays(labels, probs)
     edges = torch.linspace(0, 1, n_bins + 1, dtype=torch.float64)  # the edges torchmetrics uses
-    index = (torch.bucketize(torch.from_numpy(p), edges, right=True) - 1).numpy()
+    scores = torch.from_numpy(np.ascontiguousarray(p))  # a column of (n, 2) probs is strided
+    index = (torch.bucketize(scores, edges, right=True) - 1).numpy()
     count = np.bincount(index, minlength=n_bins + 1)
     prob_sum = np.bincount(index, weights=p, minlength=n_bins + 1)
     pos_sum = np.bincount(index, weights=y.astype(np.float64), minlength=n_bins + 1)

@@ -13,13 +13,10 @@ Conventions shared by the evaluation modules:
 from __future__ import annotations
 
 import math
-import warnings as pywarnings
 from collections.abc import Sequence
 
 import numpy as np
 import torch
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
 from torchmetrics.functional import mean_squared_error
 from torchmetrics.functional.classification import (
     binary_auroc,
@@ -30,6 +27,8 @@ from torchmetrics.functional.classification import (
     multiclass_calibration_error,
     multiclass_confusion_matrix,
 )
+
+from pathtrail.evaluation.calibration import calibration_fit
 
 
 def validate_inputs(
@@ -78,26 +77,6 @@ def _div(num: float, den: float) -> float:
     return num / den if den else float("nan")
 
 
-def _calibration_line(y: np.ndarray, p: np.ndarray) -> tuple[float, float, str | None]:
-    """Slope and intercept of an unpenalized logistic regression of label on logit(prob).
-
-    Returns NaNs and a reason when the maximum-likelihood fit does not exist or did not converge.
-    """
-    if y.min() == y.max():
-        return float("nan"), float("nan"), None  # reported with the one-class warning
-    if p[y == 0].max() <= p[y == 1].min():  # (quasi-)separation: no finite maximum
-        return float("nan"), float("nan"), "classes perfectly separated: calibration line undefined"
-    eps = 1e-12
-    clipped = np.clip(p, eps, 1.0 - eps)
-    logit = np.log(clipped / (1.0 - clipped))[:, None]
-    with pywarnings.catch_warnings(record=True) as caught:
-        pywarnings.simplefilter("always", ConvergenceWarning)
-        fit = LogisticRegression(C=np.inf, tol=1e-10, max_iter=1000).fit(logit, y)
-    if any(issubclass(w.category, ConvergenceWarning) for w in caught):
-        return float("nan"), float("nan"), "calibration fit did not converge"
-    return float(fit.coef_[0, 0]), float(fit.intercept_[0]), None
-
-
 def binary_metrics(
     labels: np.ndarray, probs: np.ndarray, threshold: float, *, ece_bins: int = 10
 ) -> tuple[dict[str, float], list[str]]:
@@ -105,6 +84,9 @@ def binary_metrics(
 
     ``ece`` is the binary positive-class ECE: equal-width bins of the positive-class probability,
     ``sum_b |mean prob - fraction positive| * share of samples`` (torchmetrics binning).
+    ``calibration_slope`` and ``calibration_intercept_joint`` are the logistic fit of label on
+    logit(prob); ``calibration_intercept`` is calibration-in-the-large (slope fixed at 1), see
+    `pathtrail.evaluation.calibration`. A separated or constant logit(prob) makes the slope NaN.
     """
     y, p = validate_inputs(labels, probs)
     t_prob, t_label = _tensors(y, p)
@@ -125,8 +107,8 @@ def binary_metrics(
     if tn + fn == 0:
         warnings.append(f"no predicted negatives at threshold {threshold:.6g}: NPV undefined")
     sensitivity, specificity = _div(tp, tp + fn), _div(tn, tn + fp)
-    slope, intercept, problem = _calibration_line(y, p)
-    warnings += [problem] if problem else []
+    calibration = calibration_fit(y, p)
+    warnings += calibration.warnings
     nan = float("nan")
     return {
         "auroc": _curve_metric(binary_auroc(t_prob, t_label)) if both else nan,
@@ -140,8 +122,9 @@ def binary_metrics(
         "f1": _div(2 * tp, 2 * tp + fp + fn),
         "brier": float(mean_squared_error(t_prob, t_label.double())),
         "ece": float(binary_calibration_error(t_prob, t_label, n_bins=ece_bins, norm="l1")),
-        "calibration_slope": slope,
-        "calibration_intercept": intercept,
+        "calibration_slope": calibration.slope,
+        "calibration_intercept": calibration.intercept_in_the_large,
+        "calibration_intercept_joint": calibration.intercept_joint,
         "tp": tp,
         "fp": fp,
         "tn": tn,

@@ -1,9 +1,13 @@
 """evaluate: internal test split, external cohort and each site, with patient-clustered CIs.
 
 The operating threshold is chosen on the internal validation split and locked: a
-`threshold_locked` audit entry (threshold, rule, sha256 of the validation probabilities) is
-appended before the test split or the external cohort is opened. `pathtrail verify` checks that
-order (tests/stages/test_pipeline_stages.py).
+`threshold_locked` audit entry (threshold, rule, sha256 of the validation probabilities), then a
+`criteria_locked` entry (the release criteria and their sha256) are appended before the test
+split or the external cohort is opened. `pathtrail verify` checks that order
+(tests/stages/test_pipeline_stages.py), and the card accepts only criteria with that sha256.
+
+`per_site` holds the internal test split's sites; `external_per_site` the external cohort's, only
+when it has more than one site (one site would repeat the `external` row).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from pathtrail.config.loading import parse_section
-from pathtrail.config.sections import DataParams, EvalParams
+from pathtrail.config.sections import DataParams, EvalParams, ReleaseParams
 from pathtrail.core.files import read_table, write_csv, write_json
 from pathtrail.core.hashing import digest
 from pathtrail.data.store import open_store
@@ -49,10 +53,11 @@ def positive(probs: np.ndarray) -> np.ndarray:
 def run(params: Mapping[str, Any], paths: Paths, *, trail: str | None = None) -> dict[str, Any]:
     """Score and evaluate every cohort; write metrics, predictions and plots; returns the metrics."""
     ev, data = parse_section(params, "eval", EvalParams), parse_section(params, "data", DataParams)
+    release = parse_section(params, "release", ReleaseParams)  # criteria checked before any work
     split, plots, figs = Path(paths.split), Path(paths.plots), Path(paths.figures)
     log = get_logger()
     with audit.stage("evaluate", inputs=[paths.model, paths.store, split, paths.external],
-                     params={"eval": params["eval"]}, trail=trail) as rec:
+                     params={"eval": params["eval"], "release": params["release"]}, trail=trail) as rec:
         model, meta = read_model(paths.model)
         store = open_store(paths.store)
         val = read_table(split / "val.csv")
@@ -62,7 +67,10 @@ def run(params: Mapping[str, Any], paths: Paths, *, trail: str | None = None) ->
         rec.note(threshold=threshold, threshold_rule=ev.threshold_rule)
         rec.record("threshold_locked", threshold=threshold, threshold_rule=ev.threshold_rule,
                    n_val=len(val), val_probabilities_sha256=digest(val_probs.tolist()))
-        log.info("evaluate.threshold_locked", threshold=threshold, rule=ev.threshold_rule, n_val=len(val))
+        criteria = dict(sorted(release.criteria.items()))
+        rec.record("criteria_locked", criteria=criteria, criteria_sha256=digest(criteria))
+        log.info("evaluate.threshold_locked", threshold=threshold, rule=ev.threshold_rule, n_val=len(val),
+                 criteria=len(criteria))
         # Only now are the test split and the external cohort read.
         cohorts = {"internal_test": read_table(split / "test.csv")}
         if paths.external and Path(paths.external).is_file():
@@ -77,25 +85,32 @@ def run(params: Mapping[str, Any], paths: Paths, *, trail: str | None = None) ->
             results[name] = evaluate_cohort(table.label, positive(probs), table.patient_id, threshold,
                                             n_bootstrap=ev.n_bootstrap, seed=ev.seed, ece_bins=ev.ece_bins,
                                             slide_ids=table.slide_id)
-            cohort_plots(name, table, probs, threshold, ev, plots, figs, store)
-        results |= site_and_shift_metrics(scored, meta["classes"], threshold, ev)
+            cohort_plots(name, table, probs, threshold, ev, plots, figs, store, metrics=results[name])
+        results |= site_and_shift_metrics(scored, threshold, ev)
         write_json(results, paths.metrics)
         rec.outputs(paths.metrics, paths.predictions, plots, figs)
     log.info("evaluate.done", **{n: results[n].get("auroc") for n in cohorts})
     return results
 
 
-def site_and_shift_metrics(scored: dict[str, tuple[pd.DataFrame, np.ndarray]], classes: list[str],
+def site_and_shift_metrics(scored: dict[str, tuple[pd.DataFrame, np.ndarray]],
                            threshold: float | None, ev: EvalParams) -> dict[str, Any]:
-    """`per_site` over every scored cohort, and `domain_shift` (internal test vs external)."""
-    prob_cols = [f"prob_{c}" for c in classes]
-    scored_all = pd.concat([probability_table(t, p, classes) for t, p in scored.values()])
-    out: dict[str, Any] = {"per_site": {
-        site: evaluate_cohort(part.label, positive(part[prob_cols].to_numpy()), part.patient_id, threshold,
-                              n_bootstrap=ev.n_bootstrap, seed=ev.seed, ece_bins=ev.ece_bins)
-        for site, part in scored_all.groupby("site", sort=True)
-    }}
+    """`per_site` (internal test), `external_per_site` (when several sites), and `domain_shift`."""
+    def by_site(table: pd.DataFrame, probs: np.ndarray) -> dict[str, Any]:
+        sites = table["site"].astype(str).to_numpy()
+        out = {}
+        for site in sorted(set(sites)):
+            rows = np.flatnonzero(sites == site)
+            part = table.iloc[rows]
+            out[site] = evaluate_cohort(part.label, positive(probs[rows]), part.patient_id, threshold,
+                                        n_bootstrap=ev.n_bootstrap, seed=ev.seed, ece_bins=ev.ece_bins)
+        return out
+
+    out: dict[str, Any] = {"per_site": by_site(*scored["internal_test"])}
     if "external" in scored:
+        table, probs = scored["external"]
+        if table["site"].nunique() > 1:
+            out["external_per_site"] = by_site(table, probs)
         (ti, pi), (te, pe) = scored["internal_test"], scored["external"]
         out["domain_shift"] = domain_shift(
             Cohort(ti.label.to_numpy(), positive(pi), ti.patient_id.to_numpy()),

@@ -19,9 +19,12 @@ from pathtrail.card.build import (
     CardInputs,
     build_card,
     card_chain_head,
+    criteria_lock,
     manifest_hashes,
     read_epochs,
+    upstream_dirty,
 )
+from pathtrail.card.public import public_path, redact
 from pathtrail.config.loading import parse_section
 from pathtrail.config.sections import CardParams
 from pathtrail.core import figures
@@ -30,6 +33,7 @@ from pathtrail.core.files import atomic_dir, read_json, write_json, write_text
 from pathtrail.core.hashing import sha256_path
 from pathtrail.pipeline.stagekit import get_logger, path_option
 from pathtrail.provenance import audit, environment
+from pathtrail.train.model_file import load_model_file
 
 REQUIRED = ("model", "stain_reference", "train_metrics", "compile_check", "eval_metrics", "validation",
             "split_report", "normalization", "epochs")
@@ -49,6 +53,7 @@ class Paths:
     figures: str = path_option("reports/figures", "stain, compile-check and eval/ figures")
     dvc_lock: str = path_option("dvc.lock")
     out_dir: str = path_option("model_cards")
+    release: str = path_option("metrics/release.json", "the release criteria verdicts (a DVC metric)")
 
 
 def run(params: Mapping[str, Any], paths: Paths, *, trail: str | None = None,
@@ -73,13 +78,26 @@ def run(params: Mapping[str, Any], paths: Paths, *, trail: str | None = None,
             figure_hashes = collect_figures(paths, epochs, tmp)
         inputs = read_inputs(paths, params, card_params, epochs, figure_hashes, entries, trail, params_file)
         card, markdown = build_card(inputs)
+        release = release_metrics(card)
+        rec.record("release_criteria", **release)
         write_text(markdown, md_path)
         write_json(card, json_path)
+        write_json(release, paths.release)
         rec.note(chain_head=card["audit"]["chain_head"], release_status=card["release_status"],
                  release_reasons=card["release_reasons"])
-        rec.outputs(md_path, json_path, out / "figures")
+        rec.outputs(md_path, json_path, out / "figures", paths.release)
     get_logger().info("model_card.done", card=md_path.as_posix(), release_status=card["release_status"])
     return card
+
+
+def release_metrics(card: dict[str, Any]) -> dict[str, Any]:
+    """metrics/release.json: status, passed, and each criterion's value, threshold and verdict (what
+    `dvc exp show` puts in columns; the same values are in the card and the trail)."""
+    rel = card["release"]
+    return {"status": card["release_status"], "passed": rel["passed"], "n_passed": rel["n_passed"],
+            "n_failed": rel["n_failed"], "criteria_sha256": rel["criteria_sha256"],
+            "criteria": {n: {k: r[k] for k in ("criterion", "value", "threshold", "passed", "margin")}
+                         for n, r in rel["results"].items()}}
 
 
 def collect_figures(paths: Paths, epochs: list[dict[str, Any]], folder: Path) -> dict[str, str]:
@@ -100,6 +118,7 @@ def collect_figures(paths: Paths, epochs: list[dict[str, Any]], folder: Path) ->
 def read_inputs(paths: Paths, params: Mapping[str, Any], card: CardParams, epochs: list[dict[str, Any]],
                 figure_hashes: dict[str, str], entries: list[dict[str, Any]], trail: str | None,
                 params_file: str) -> CardInputs:
+    root = str(Path.cwd())
     validation = read_json(paths.validation)
     lock_path = Path(paths.dvc_lock)
     lock = yaml.safe_load(lock_path.read_text(encoding="utf-8")) if lock_path.is_file() else None
@@ -107,24 +126,32 @@ def read_inputs(paths: Paths, params: Mapping[str, Any], card: CardParams, epoch
     env = environment.environment() | {
         "env": {k: os.environ.get(k) for k in ("CUBLAS_WORKSPACE_CONFIG", "PYTHONHASHSEED")}
     }
+    head, head_entry = card_chain_head(entries, audit.GENESIS)
+    fit = read_json(paths.stain_reference).get("reference_sha256")
     return CardInputs(
-        params=dict(params),
+        params=redact(dict(params), root),
         intended_use=Path(card.intended_use).read_text(encoding="utf-8"),
         train_metrics=read_json(paths.train_metrics),
         compile_check=read_json(paths.compile_check),
         eval_metrics=read_json(paths.eval_metrics),
-        validation=validation,
+        validation=redact(validation, root),
         split=read_json(paths.split_report),
         normalization=read_json(paths.normalization),
-        stain_reference_sha256=read_json(paths.stain_reference).get("reference_sha256"),
+        stain_reference={"path": public_path(Path(paths.stain_reference).as_posix(), root),
+                         "sha256": sha256_path(paths.stain_reference),
+                         "fit_patches": len(fit) if isinstance(fit, list) else None},
         model_sha256=sha256_path(paths.model),
+        model_metadata=load_model_file(paths.model).get("metadata") or {},
         epochs=epochs,
         figures=figure_hashes,
-        input_hashes={Path(f).as_posix(): sha256_path(f) for f in files},
+        input_hashes={public_path(Path(f).as_posix(), root): sha256_path(f) for f in files},
         dvc_lock=lock,
-        manifests=manifest_hashes(validation, entries),
-        chain_head=card_chain_head(entries, audit.GENESIS),
-        trail=audit.trail_path(trail).as_posix(),
+        manifests=redact(manifest_hashes(validation, entries), root),
+        chain_head=head,
+        chain_head_entry=head_entry,
+        criteria_lock=criteria_lock(entries),
+        upstream_dirty=upstream_dirty(entries),
+        trail=public_path(audit.trail_path(trail).as_posix(), root),
         git=environment.git_state().as_dict(),
         environment=env,
     )

@@ -6,6 +6,7 @@ import getpass
 import importlib.metadata
 import os
 import platform
+import re
 import socket
 import sys
 from dataclasses import dataclass, field
@@ -18,14 +19,23 @@ import yaml
 ALWAYS_GENERATED = ("audit/", "dvc.lock", "logs/")
 
 
+# Untracked files count as source only under these (code and config); data dropped elsewhere does not.
+SOURCE_ROOTS = ("src/", "stages/", "pipelines/", "tests/", "dvc.yaml", "pyproject.toml", "requirements.lock",
+                "Makefile", ".dvc/config")
+MAX_LISTED = 50
+
+
 @dataclass(frozen=True)
 class GitState:
     commit: str | None
     branch: str | None
     remote_url: str | None
-    dirty: bool
-    modified: list[str] = field(default_factory=list)
+    dirty: bool                                         # source differs from the commit
+    modified: list[str] = field(default_factory=list)   # the source paths that differ
     commit_date: str | None = None
+    changed: list[str] = field(default_factory=list)    # every path git reports (first MAX_LISTED)
+    n_changed: int = 0
+    params_changed: list[str] = field(default_factory=list)  # dotted params keys vs HEAD:params.yaml
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -35,7 +45,28 @@ class GitState:
             "git_dirty": self.dirty,
             "git_modified": self.modified,
             "git_commit_date": self.commit_date,
+            "git_changed": self.changed,
+            "git_n_changed": self.n_changed,
+            "params_changed": self.params_changed,
         }
+
+
+def public_remote(url: str | None) -> str | None:
+    """A remote URL fit to publish: no user, password, token, query or fragment; None for a local
+    path or file:// remote (a local folder name says nothing to a reader and may reveal a user)."""
+    if not url:
+        return None
+    from urllib.parse import urlsplit, urlunsplit
+
+    text = url.strip()
+    if "://" not in text:
+        scp = re.match(r"^(?:[^@/]+@)?([A-Za-z0-9.-]+):(?!/)(.+)$", text)  # git@host:org/repo.git
+        return f"{scp.group(1)}:{scp.group(2)}" if scp else None
+    parts = urlsplit(text)
+    if parts.scheme.lower() == "file" or not parts.hostname:
+        return None
+    host = parts.hostname + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme.lower(), host, parts.path, "", ""))
 
 
 def pipeline_outputs(dvc_yaml: str | Path = "dvc.yaml") -> list[str]:
@@ -62,7 +93,7 @@ def git_errors() -> tuple[type[BaseException], ...]:
 
 
 def git_state(repo_dir: str | Path = ".") -> GitState:
-    """Commit, branch, remote and dirty flag; pipeline outputs and the audit trail do not count as dirty."""
+    """Commit, branch, public remote, and what changed: source (dirty), params, and everything git reports."""
     try:
         import git
 
@@ -79,14 +110,42 @@ def git_state(repo_dir: str | Path = ".") -> GitState:
     except TypeError:
         branch = None
     remote = next((r.url for r in repo.remotes), None) if repo.remotes else None
-    declared = pipeline_outputs(Path(repo.working_tree_dir) / "dvc.yaml")
+    top = Path(repo.working_tree_dir or ".")
+    declared = pipeline_outputs(top / "dvc.yaml")
     generated = [*ALWAYS_GENERATED, *(o.split("${")[0] for o in declared)]
-    changed = {d.a_path for d in repo.index.diff(None)}
+    tracked = {d.a_path for d in repo.index.diff(None)}
     if commit:
-        changed |= {d.a_path for d in repo.index.diff("HEAD")}
-    changed |= set(repo.untracked_files)
-    modified = sorted(p for p in changed if not _is_generated(p, generated))
-    return GitState(commit, branch, remote, bool(modified) or commit is None, modified, date)
+        tracked |= {d.a_path for d in repo.index.diff("HEAD")}
+    untracked = set(repo.untracked_files)
+    changed = sorted(tracked | untracked)
+    source = {p for p in tracked if p != "params.yaml" and not _is_generated(p, generated)}
+    source |= {p for p in untracked if _is_generated(p, list(SOURCE_ROOTS)) and not _is_generated(p, generated)}
+    params = _params_changed(repo, top) if commit and "params.yaml" in changed else []
+    if "params.yaml" in untracked:
+        source.add("params.yaml")
+    modified = sorted(source)
+    return GitState(commit, branch, public_remote(remote), bool(modified) or commit is None, modified, date,
+                    changed[:MAX_LISTED], len(changed), params)
+
+
+def _params_changed(repo: Any, top: Path) -> list[str]:
+    """Dotted keys whose value differs between HEAD:params.yaml and the working copy."""
+    try:
+        old = yaml.safe_load(repo.git.show("HEAD:params.yaml")) or {}
+        new = yaml.safe_load((top / "params.yaml").read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError, *git_errors()):
+        return ["params.yaml (not comparable with its committed version)"]
+    a, b = _flat(old), _flat(new)
+    return sorted(k for k in set(a) | set(b) if a.get(k, "<absent>") != b.get(k, "<absent>"))
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict) or not tree:
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        out |= _flat(v, f"{prefix}.{k}" if prefix else str(k))
+    return out
 
 
 def _is_generated(path: str, generated: list[str]) -> bool:

@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from pathtrail.card.build import lock_stage_hashes
+from pathtrail.card.public import OUTSIDE, redact
 from pathtrail.card.render import render_markdown
 from pathtrail.card.values import CARD_STAGE, flatten, get
 from pathtrail.config.loading import ParamsError, read_params
 from pathtrail.core.files import repo_path
 from pathtrail.core.hashing import digest, sha256_bytes, sha256_path
+from pathtrail.review.card_release import release_problems, training_params_problems
 from pathtrail.review.release import card_files, load_lock
 
 MAX_DIFFS = 20
@@ -50,7 +52,8 @@ def card_problems(root: Path, entries: list[dict[str, Any]]) -> tuple[list[str],
         except (TypeError, AttributeError, ValueError, KeyError, RecursionError) as exc:
             found = [f"{rel}: malformed card, the checks stopped at {type(exc).__name__}: {str(exc)[:200]}"]
         problems += found
-        notes.append(f"{rel}: {card.get('release_status')}" + ("" if found else ", consistent"))
+        head = f"chain head {str(get(card, 'audit.chain_head'))[:12]} (seq {get(card, 'audit.chain_head_seq')})"
+        notes.append(f"{rel}: {card.get('release_status')}, {head}" + ("" if found else ", consistent"))
     return problems, notes
 
 
@@ -68,6 +71,7 @@ def check_card(
     out += _figures(card, path.parent, root)
     out += _inputs(card, root)
     out += _lock(card, root)
+    out += release_problems(card, root, entries)
     return out
 
 
@@ -181,13 +185,12 @@ def _model(card: dict[str, Any], root: Path) -> list[str]:
                 f"card field {field} = {str(get(card, field))[:12]}… but models/model.pt has sha256 {now[:12]}…"
             )
     reference = root / "models/stain_reference.json"
-    if reference.is_file():
-        ref = json.loads(reference.read_text(encoding="utf-8")).get("reference_sha256")
-        if ref != get(card, "provenance.stain_reference_sha256"):
-            out.append(
-                f"card field provenance.stain_reference_sha256 = {get(card, 'provenance.stain_reference_sha256')}"
-                f" but models/stain_reference.json has reference_sha256 {ref}"
-            )
+    if reference.is_file() and (ref := sha256_path(reference)) != get(card, "provenance.stain_reference.sha256"):
+        out.append(
+            f"card field provenance.stain_reference.sha256 = {str(get(card, 'provenance.stain_reference.sha256'))[:12]}…"
+            f" but models/stain_reference.json has sha256 {ref[:12]}…"
+        )
+    out += training_params_problems(card, path)
     return out
 
 
@@ -199,7 +202,7 @@ def _params(card: dict[str, Any], root: Path) -> list[str]:
             f"({digest(params)})"
         )
     try:
-        current = read_params(root / "params.yaml")
+        current = redact(read_params(root / "params.yaml"), str(root.resolve()))
     except ParamsError as exc:
         return [*out, f"card params cannot be checked: {exc}"]
     was, now = flatten(params), flatten(current)
@@ -251,6 +254,9 @@ def _chain_head(card: dict[str, Any], entries: list[dict[str, Any]]) -> list[str
             f"card field audit.chain_head = {head} is not the hash of any entry in the audit trail"
         ]
     cut = hashes.index(head) + 1
+    if get(card, "audit.chain_head_seq") != entries[cut - 1].get("seq"):
+        return [(f"card field audit.chain_head_seq = {get(card, 'audit.chain_head_seq')} but the entry with hash "
+                 f"{str(head)[:12]}… is seq {entries[cut - 1].get('seq')}")]
     described: dict[str, Any] = {}
     for e in entries[:cut]:
         if e.get("action") == "end" and e.get("outcome") == "ok":
@@ -288,6 +294,8 @@ def _figures(card: dict[str, Any], folder: Path, root: Path) -> list[str]:
 def _inputs(card: dict[str, Any], root: Path) -> list[str]:
     out = []
     for rel, sha in sorted((get(card, "provenance.inputs") or {}).items()):
+        if str(rel).startswith(OUTSIDE):
+            continue  # outside the repository: not published, so not checkable here
         path, refused = repo_path(root, rel, f"card field provenance.inputs.{rel}")
         if refused or path is None:
             out.append(str(refused))

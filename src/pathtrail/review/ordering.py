@@ -7,7 +7,8 @@ from typing import Any
 
 def threshold_order_problems(entries: list[dict[str, Any]]) -> list[str]:
     """The latest successful evaluate run has a `threshold_locked` entry between its start and its
-    end, holding the threshold its end entry (and so metrics/eval.json) reports."""
+    end, holding the threshold its end entry (and so metrics/eval.json) reports, and a
+    `criteria_locked` entry (the release criteria) before its end."""
     ends = [e for e in entries if e.get("stage") == "evaluate" and e.get("action") == "end"
             and e.get("outcome") == "ok"]
     if not ends:
@@ -26,4 +27,10 @@ def threshold_order_problems(entries: list[dict[str, Any]]) -> list[str]:
     if facts.get("threshold") != lock.get("threshold"):
         out.append(f"{where}: the end entry reports threshold {facts.get('threshold')!r} but "
                    f"{lock.get('threshold')!r} was locked (seq {lock.get('seq')})")
+    criteria = [e for e in run if e.get("action") == "criteria_locked"]
+    if not criteria:
+        out.append(f"{where}: no criteria_locked entry; the release criteria are not proven to be fixed before "
+                   "evaluation (rerun `dvc repro evaluate`)")
+    elif run.index(criteria[0]) > run.index(end):
+        out.append(f"{where}: the criteria_locked entry (seq {criteria[0].get('seq')}) is not before its end")
     return out

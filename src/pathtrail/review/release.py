@@ -20,7 +20,8 @@ from typing import Any
 import yaml
 
 from pathtrail import __version__
-from pathtrail.card.values import RELEASE_CANDIDATE, get
+from pathtrail.card.status import MEANINGS
+from pathtrail.card.values import RELEASE_CANDIDATE, RELEASED, get
 from pathtrail.core.errors import PathTrailError
 from pathtrail.core.files import repo_path
 from pathtrail.core.hashing import loads_unique, sha256_path
@@ -217,7 +218,7 @@ def check_signature(root: Path, card_path: Path, card: Any, entries: list[dict[s
         if valid:
             notes.append(f"{card_rel}: signed, but its status is {str(status)[:40]!r}: not a release")
     elif valid and not problems:
-        notes.append(f"{card_rel}: RELEASED ({RELEASE_CANDIDATE} signed by a trusted key)")
+        notes.append(f"{card_rel}: {RELEASED} ({MEANINGS[RELEASED]})")
     return problems, notes
 
 
