@@ -87,7 +87,7 @@ def test_random_labels_never_give_a_release_candidate(inputs):  # noqa: F811
     assert failed["external_auroc"]["margin"] == pytest.approx(0.418 - 0.75)
     assert any("external_auroc failed: external.auroc_ci_low = 0.418, required >= 0.75 (off by 0.332)" in r
                for r in card["release_reasons"])
-    assert "| external\\_auroc | external.auroc\\_ci\\_low &gt;= 0.75 | 0.418 | &gt;= 0.75 | FAIL |" in md
+    assert "| external\\_auroc | external.auroc\\_ci\\_low &gt;= 0.75 | 0.4180 | &gt;= 0.75 | FAIL |" in md
 
 
 def test_a_criterion_without_its_value_fails(inputs):  # noqa: F811

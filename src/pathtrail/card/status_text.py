@@ -50,7 +50,7 @@ def release_criteria(card: dict[str, Any]) -> str:
     rel = card.get("release") or {}
     results = rel.get("results") or {}
     lock = rel.get("locked_before_evaluation") or {}
-    rows = [[n, r.get("criterion"), r.get("value"), r.get("threshold"), "PASS" if r.get("passed") else "FAIL",
+    rows = [[n, r.get("criterion"), num(r.get("value"), 4), r.get("threshold"), "PASS" if r.get("passed") else "FAIL",
              num(r.get("margin"), 4) if r.get("margin") is not None else (r.get("why") or "–")]
             for n, r in sorted(results.items())]
     out = ("## Release criteria\n\nFixed in params (`release.criteria`) before evaluation: the evaluate stage "
