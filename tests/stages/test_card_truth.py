@@ -36,6 +36,19 @@ def card_of(root: Path) -> tuple[dict, str]:
             (root / f"model_cards/{CARD}.md").read_text(encoding="utf-8"))
 
 
+def rewrite_card(root: Path, card: dict) -> None:
+    """What a forger who can rerun the renderer does: Markdown and its hash made to agree."""
+    from pathtrail.card.render import render_markdown
+    from pathtrail.core.files import write_text
+    from pathtrail.core.hashing import sha256_bytes
+
+    card.pop("markdown_sha256", None)
+    md = render_markdown(card)
+    card["markdown_sha256"] = sha256_bytes(md.encode())
+    write_json(card, root / f"model_cards/{CARD}.json")
+    write_text(md, root / f"model_cards/{CARD}.md")
+
+
 def git(root: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=root, check=True, capture_output=True, text=True).stdout
 
@@ -108,20 +121,13 @@ def test_metrics_release_json_is_what_the_card_says(tree):
 def test_a_consistently_forged_status_is_found_by_verify(tree):
     """Edit a criterion's verdict and the status in the JSON, re-render the Markdown so the hashes
     agree: verify recomputes the verdicts from the card's own values and finds it."""
-    from pathtrail.card.render import render_markdown
-    from pathtrail.core.files import write_text
-    from pathtrail.core.hashing import sha256_bytes
-
     eval_path = tree / "metrics/eval.json"
     ev = json.loads(eval_path.read_text())
     card, _ = card_of(tree)
     ev["external"]["auroc_ci_low"] = 0.41  # the forger also edits the metrics file the card is compared with
     card["metrics"]["eval"] = ev
     write_json(ev, eval_path)
-    md = render_markdown(card)
-    card["markdown_sha256"] = sha256_bytes(md.encode())
-    write_json(card, tree / f"model_cards/{CARD}.json")
-    write_text(md, tree / f"model_cards/{CARD}.md")
+    rewrite_card(tree, card)
     problems = " ".join(verify(tree, checks=("card",)).problems)
     assert "release.results.external_auroc says passed=True" in problems
     assert "release_status = RELEASE CANDIDATE, but its own values give 'DRAFT – NOT FOR RELEASE'" in problems
@@ -205,3 +211,19 @@ def test_card_files_honour_the_umask(tree):
                  out / "figures/training_curves.png"]:
         assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
     assert stat.S_IMODE((out / "figures").stat().st_mode) == 0o755
+
+
+def test_a_card_claiming_committed_params_it_did_not_have_fails_verify(tree):
+    """An experiment's card rewritten to claim the committed params (status RELEASE CANDIDATE)."""
+    import yaml
+
+    params = yaml.safe_load((tree / "params.yaml").read_text())
+    params["train"]["epochs"] = 1
+    (tree / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run_card_stage(tree)
+    card, _ = card_of(tree)
+    assert card["release_status"] == "EXPERIMENT" and card["provenance"]["params_changed"] == ["train.epochs"]
+    card["provenance"]["params_changed"], card["release_status"], card["release_reasons"] = [], RELEASE_CANDIDATE, []
+    rewrite_card(tree, card)
+    problems = " ".join(verify(tree, checks=("card",)).problems)
+    assert "the card claims committed params it did not have" in problems

@@ -15,7 +15,7 @@ from pathtrail.card.build import (
     upstream_dirty,
 )
 from pathtrail.card.checklist import checklist
-from pathtrail.card.public import OUTSIDE
+from pathtrail.card.public import OUTSIDE, redact
 from pathtrail.card.release import criteria_results, is_demo_data, release_facts
 from pathtrail.card.values import get
 from pathtrail.core.hashing import digest
@@ -102,4 +102,23 @@ def release_problems(card: dict[str, Any], root: Path, entries: list[dict[str, A
         if not isinstance(doc, dict) or doc.get("status") != card.get("release_status") \
                 or doc.get("passed") != rel.get("passed"):
             out.append("metrics/release.json does not agree with the card's release status and criteria")
-    return out
+    return out + committed_params_problems(card, root)
+
+
+def committed_params_problems(card: dict[str, Any], root: Path) -> list[str]:
+    """A card that says its params are the committed ones has the params.yaml of its commit."""
+    commit, params = get(card, "provenance.git_commit"), card.get("params")
+    if not commit or get(card, "provenance.params_changed") or not isinstance(params, dict):
+        return []
+    import git
+    import yaml
+
+    try:
+        text = git.Repo(root, search_parent_directories=True).git.show(f"{commit}:params.yaml")
+        committed = redact(yaml.safe_load(text) or {}, str(root.resolve()))
+    except (git.exc.GitError, ValueError, yaml.YAMLError):
+        return []  # a commit that does not exist is reported by the git check
+    if committed != params:
+        return [(f"card field provenance.params_changed is empty, but the card's params differ from params.yaml "
+                f"at commit {str(commit)[:12]}: the card claims committed params it did not have")]
+    return []
