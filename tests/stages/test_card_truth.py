@@ -227,3 +227,23 @@ def test_a_card_claiming_committed_params_it_did_not_have_fails_verify(tree):
     rewrite_card(tree, card)
     problems = " ".join(verify(tree, checks=("card",)).problems)
     assert "the card claims committed params it did not have" in problems
+
+
+def test_a_later_run_that_reproduces_evaluate_leaves_the_card_valid(tree, monkeypatch):
+    """A fresh clone's `dvc repro` reruns evaluate with identical outputs after the card was built:
+    the card's criteria lock still points at the run it describes, and verify passes."""
+    import yaml
+
+    from fake_pipeline import EVAL
+
+    monkeypatch.chdir(tree)
+    params = yaml.safe_load((tree / "params.yaml").read_text())
+    criteria = dict(sorted(params["release"]["criteria"].items()))
+    with audit.stage("evaluate", inputs=[], params={"eval": params["eval"], "release": params["release"]},
+                     trail=TRAIL) as rec:
+        rec.record("threshold_locked", threshold=EVAL["threshold"], threshold_rule=EVAL["threshold_rule"])
+        rec.record("criteria_locked", criteria=criteria, criteria_sha256=digest(criteria))
+        rec.note(threshold=EVAL["threshold"], threshold_rule=EVAL["threshold_rule"])
+        rec.outputs("metrics/eval.json", "reports/figures/eval")
+    report = verify(tree, checks=("audit", "card"))
+    assert report.ok, report.problems

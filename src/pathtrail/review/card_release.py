@@ -75,17 +75,20 @@ def release_problems(card: dict[str, Any], root: Path, entries: list[dict[str, A
                        f"with {_show(r['value'])}")
     if set(rel.get("results") or {}) != set(verdicts["results"]):
         out.append("card field release.results does not list exactly the criteria in its params")
-    locked = criteria_lock(entries) or {}
+    # What the card describes is the trail up to its chain head (later runs that reproduced the same
+    # outputs, e.g. a fresh clone's `dvc repro`, are judged by the chain-head check).
+    hashes = [e.get("entry_hash") for e in entries]
+    head = get(card, "audit.chain_head")
+    described = entries[: hashes.index(head) + 1] if head in hashes else entries
+    locked = criteria_lock(described) or {}
     shown_lock = rel.get("locked_before_evaluation") or {}
     if shown_lock.get("seq") != locked.get("seq") or shown_lock.get("criteria_sha256") != locked.get("criteria_sha256"):
         out.append(f"card field release.locked_before_evaluation (seq {shown_lock.get('seq')}) is not the "
-                   f"criteria_locked entry of the latest evaluate run in the trail (seq {locked.get('seq')})")
+                   f"criteria_locked entry of the latest evaluate run up to the card's chain head (seq {locked.get('seq')})")
     lock_ok = bool(locked) and locked.get("criteria_sha256") == verdicts["criteria_sha256"]
     again = {**card, "release": {**rel, **verdicts, "locked_before_evaluation": {**locked, "matches": lock_ok}}}
     again["checklist"] = checklist(again)
-    hashes = [e.get("entry_hash") for e in entries]
-    head = get(card, "audit.chain_head")
-    upstream = upstream_dirty(entries[: hashes.index(head) + 1] if head in hashes else entries)
+    upstream = upstream_dirty(described)
     if upstream != (get(card, "provenance.upstream_dirty") or []):
         out.append(f"card field provenance.upstream_dirty does not list the dirty stage runs the trail records: "
                    f"{_show(upstream)}")
