@@ -197,6 +197,8 @@ def test_hostile_strings_cannot_inject_markup_or_forge_a_banner(tree):
     assert "<h1>Forged heading</h1>" not in html and "<h1>Model card:" in html
     for line in md.splitlines():
         assert not line.startswith("> **Release status: RELEASE CANDIDATE")
+    whole = MarkdownIt("commonmark", {"html": True}).render(md)  # a viewer that shows the front matter too
+    assert "<img src=x" not in whole and "<img src=\"x\"" not in whole and "<script" not in whole
 
 
 # ------------------------------------------------------------------------------ file modes

@@ -15,7 +15,7 @@ from pathtrail.card.status import decide
 from pathtrail.card.values import DRAFT, EXPERIMENT, RELEASE_CANDIDATE, RELEASED
 from pathtrail.config.criteria import CriterionError, check, parse
 from pathtrail.config.loading import ParamsError, parse_section
-from pathtrail.config.sections import ReleaseParams
+from pathtrail.config.sections import CardParams, ReleaseParams
 
 
 # ------------------------------------------------------------------------------------------ grammar
@@ -133,6 +133,7 @@ def test_template_intended_use_and_demo_leftovers_fail_on_real_data(inputs):  # 
     assert not intended_use_written(template, demo=False) and not intended_use_written("  \n", demo=True)
     demo_text = "Research demonstration. Trained on synthetic demo data; not for clinical use."
     assert intended_use_written(demo_text, demo=True) and not intended_use_written(demo_text, demo=False)
+    assert not intended_use_written("Intended use: TODO", demo=True)
     params = copy.deepcopy(inputs.params)
     params["card"]["name"] = "pathtrail-demo"
     card, _ = build_card(with_(inputs, params=params, intended_use=demo_text))
@@ -143,8 +144,11 @@ def test_template_intended_use_and_demo_leftovers_fail_on_real_data(inputs):  # 
 def test_demo_data_is_recognised_from_dvc_lock_only():
     lock = {"stages": {"demo_data": {"outs": [{"path": "data/raw", "md5": "aa.dir"}]},
                        "validate": {"deps": [{"path": "data/raw", "md5": "aa.dir"}]}}}
-    params = {"data": {"data_root": "data/raw"}}
+    params = {"data": {"data_root": "data/raw", "internal_manifest": "data/raw/internal.csv",
+                       "external_manifest": "data/raw/external.csv"}}
     assert is_demo_data(lock, params)
+    other = {"data": {**params["data"], "internal_manifest": "my/internal.csv"}}  # demo images, own manifest
+    assert not is_demo_data(lock, other)
     lock["stages"]["validate"]["deps"][0]["md5"] = "bb.dir"  # the user's own files in data/raw
     assert not is_demo_data(lock, params) and not is_demo_data(None, params)
 
@@ -164,3 +168,42 @@ def test_warnings_for_small_cohorts_missing_sites_and_stain_fallback(inputs):  #
     failed = {n for n, r in card["release"]["results"].items() if not r["passed"]}
     assert {"test_sites", "stain_fallback"} <= failed
     assert "### Warnings" in md and "come from 4 patients" in md
+
+
+@pytest.mark.parametrize("name", ["../../x", "../evil", "", ".hidden", "a/b", "<img src=x>", "My Model", "a" * 101])
+def test_card_names_that_are_not_plain_file_names_are_refused(name):
+    with pytest.raises(ParamsError, match="card.name"):
+        parse_section({"card": {"name": name, "intended_use": "x.md"}}, "card", CardParams)
+    assert parse_section({"card": {"name": "lymph-node_v1.2", "intended_use": "x.md"}}, "card", CardParams)
+
+
+def test_remote_urls_lose_every_credential():
+    from pathtrail.provenance.environment import public_remote
+
+    assert public_remote("https://u:tok@[::1]:8443/x.git?t=1#f") == "https://[::1]:8443/x.git"
+    assert public_remote("https://host.example/x;password=SEMITOK") == "https://host.example/x"
+    assert public_remote("ssh://git:pw@host.example:22/org/x.git") == "ssh://host.example:22/org/x.git"
+    assert public_remote("git@host.example:org/x.git") == "host.example:org/x.git"
+    assert public_remote("/home/ann/mirror.git") is None and public_remote("file:///srv/x.git") is None
+
+
+def test_criteria_changed_for_a_model_after_its_test_data_was_opened_make_a_draft(inputs):  # noqa: F811
+    from pathtrail.card.build import criteria_lock
+
+    def run(run_id, seq, model, sha):
+        return [{"stage": "evaluate", "action": "start", "run_id": run_id, "seq": seq,
+                 "inputs": {"models/model.pt": model}},
+                {"stage": "evaluate", "action": "criteria_locked", "run_id": run_id, "seq": seq + 1,
+                 "criteria_sha256": sha},
+                {"stage": "evaluate", "action": "end", "outcome": "ok", "run_id": run_id, "seq": seq + 2}]
+
+    strict_then_loose = run("a", 1, "m1", "strict") + run("b", 4, "m1", "loose")
+    lock = criteria_lock(strict_then_loose)
+    assert lock["seq"] == 5 and lock["changed_after_test"] == [{"seq": 2, "criteria_sha256": "strict"}]
+    assert criteria_lock(run("a", 1, "m0", "strict") + run("b", 4, "m1", "loose"))["changed_after_test"] == []
+    assert criteria_lock(run("a", 1, "m1", "same") + run("b", 4, "m1", "same"))["changed_after_test"] == []
+    good = inputs.criteria_lock
+    card, md = build_card(with_(inputs, criteria_lock={**good, "changed_after_test": [{"seq": 2,
+                                                                                      "criteria_sha256": "x"}]}))
+    assert card["release_status"] == DRAFT and "other criteria were locked for the same weights" in md
+    assert any("changed after this model's test data had been opened" in r for r in card["release_reasons"])

@@ -162,6 +162,7 @@ def release_section(inp: CardInputs, params: dict[str, Any], demo: bool) -> dict
     verdicts["locked_before_evaluation"] = {
         "seq": lock.get("seq"),
         "criteria_sha256": lock.get("criteria_sha256"),
+        "changed_after_test": lock.get("changed_after_test") or [],
         "matches": bool(lock) and lock.get("criteria_sha256") == verdicts["criteria_sha256"],
     }
     shown = {k: v for k, v in facts.items() if not k.startswith(("internal_test.", "external.", "per_site.",
@@ -212,16 +213,35 @@ def upstream_dirty(entries: Iterable[dict[str, Any]]) -> list[str]:
     return out
 
 
+MODEL = "models/model.pt"
+
+
 def criteria_lock(entries: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
-    """The `criteria_locked` entry of the latest successful evaluate run: {seq, criteria_sha256}."""
-    runs: dict[Any, dict[str, Any]] = {}
+    """The `criteria_locked` entry of the latest successful evaluate run: {seq, criteria_sha256,
+    changed_after_test}. The last lists earlier evaluate runs of the same model (same weights sha256
+    at their start) that locked other criteria: once a model's test data was opened, criteria
+    changed for it are no longer pre-specified."""
+    starts: dict[Any, dict[str, Any]] = {}
+    locks: list[tuple[dict[str, Any], Any]] = []  # (criteria_locked entry, model sha256 of its run)
     found = None
     for e in entries:
-        if e.get("stage") == "evaluate" and e.get("action") == "criteria_locked":
-            runs[e.get("run_id")] = e
-        elif e.get("stage") == "evaluate" and e.get("action") == "end" and e.get("outcome") == "ok":
-            found = runs.get(e.get("run_id"))
-    return {"seq": found.get("seq"), "criteria_sha256": found.get("criteria_sha256")} if found else None
+        if e.get("stage") != "evaluate":
+            continue
+        if e.get("action") == "start":
+            starts[e.get("run_id")] = e
+        elif e.get("action") == "criteria_locked":
+            model = ((starts.get(e.get("run_id")) or {}).get("inputs") or {}).get(MODEL)
+            locks.append((e, model))
+        elif e.get("action") == "end" and e.get("outcome") == "ok":
+            found = next((lk for lk in reversed(locks) if lk[0].get("run_id") == e.get("run_id")), None)
+    if not found:
+        return None
+    lock, model = found
+    earlier = [{"seq": e.get("seq"), "criteria_sha256": e.get("criteria_sha256")}
+               for e, m in locks if e.get("seq") is not None and lock.get("seq") is not None
+               and e["seq"] < lock["seq"] and model and m == model
+               and e.get("criteria_sha256") != lock.get("criteria_sha256")]
+    return {"seq": lock.get("seq"), "criteria_sha256": lock.get("criteria_sha256"), "changed_after_test": earlier}
 
 
 # ----------------------------------------------------------------------------- derived sections

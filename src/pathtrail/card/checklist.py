@@ -132,6 +132,14 @@ def gate_reasons(card: dict[str, Any]) -> list[str]:
         if not r.get("passed")
     ]
     lock = release.get("locked_before_evaluation") or {}
+    changed = lock.get("changed_after_test") or []
+    if changed:
+        reasons.append(
+            "release criteria changed after this model's test data had been opened: earlier evaluate runs of "
+            "the same weights locked other criteria (trail seq "
+            + ", ".join(str(c.get("seq")) for c in changed[:5]) + "); criteria are fixed before a model is "
+            "evaluated, so retrain (or restore the earlier criteria) to release"
+        )
     if not lock.get("matches"):
         reasons.append(
             "release criteria not proven fixed before evaluation: "

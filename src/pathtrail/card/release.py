@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pathtrail.card.values import flatten, get, number
@@ -24,13 +25,17 @@ from pathtrail.core.hashing import digest
 DEMO_NAME = "pathtrail-demo"
 DEMO_MARK = "synthetic demo data"          # the demo's intended-use statement says so
 TEMPLATE_MARKS = ("[REPLACE", "Replace this text")
+_PLACEHOLDER = re.compile(r"\b(TODO|TBD|FIXME|XXX)\b")
 
 
 def is_demo_data(lock: dict[str, Any] | None, params: dict[str, Any]) -> bool:
-    """The validated data is exactly what the demo_data stage wrote (dvc.lock: validate's data_root
-    dep has the md5 of demo_data's out)."""
+    """The validated data is exactly what the demo_data stage wrote: both manifests lie inside
+    data_root, and validate's data_root dep has the md5 of demo_data's out (dvc.lock)."""
     stages = (lock or {}).get("stages") or {}
     root = str(get(params, "data.data_root") or "")
+    manifests = [str(get(params, f"data.{k}_manifest") or "") for k in ("internal", "external")]
+    if not root or not all(m.startswith(root.rstrip("/") + "/") for m in manifests):
+        return False
     outs = {o.get("path"): o.get("md5") for o in (stages.get("demo_data") or {}).get("outs") or []}
     deps = {d.get("path"): d.get("md5") for d in (stages.get("validate") or {}).get("deps") or []}
     return bool(root) and outs.get(root) is not None and outs.get(root) == deps.get(root)
@@ -38,7 +43,7 @@ def is_demo_data(lock: dict[str, Any] | None, params: dict[str, Any]) -> bool:
 
 def intended_use_written(text: str, demo: bool) -> bool:
     body = text.strip()
-    if not body or any(m.lower() in body.lower() for m in TEMPLATE_MARKS):
+    if not body or any(m.lower() in body.lower() for m in TEMPLATE_MARKS) or _PLACEHOLDER.search(body):
         return False
     return demo or DEMO_MARK not in body.lower()
 

@@ -8,6 +8,7 @@ on the stored JSON and compares the result with the stored Markdown byte for byt
 
 from __future__ import annotations
 
+import html
 import re
 from typing import Any
 
@@ -17,7 +18,7 @@ from pathtrail.card import sections, status_text
 from pathtrail.card.reporting import render_reporting
 from pathtrail.card.text import cohorts
 from pathtrail.card.values import get, number
-from pathtrail.core.text import md_inline
+from pathtrail.core.text import md_inline, printable
 
 # (eval.json key, Hugging Face metric type, display name); CIs come from `<key>_ci_low/_ci_high`.
 INDEX_METRICS = (
@@ -102,14 +103,20 @@ def front_matter(card: dict[str, Any]) -> dict[str, Any]:
     results += [
         r
         for r in (
-            _index_result(f"site {site}", f"per_site.{site}", m, INDEX_METRICS[:1])
+            _index_result(plain(f"site {site}"), plain(f"per_site.{site}"), m, INDEX_METRICS[:1])
             for site, m in sorted((get(card, "metrics.eval.per_site") or {}).items())
         )
         if r
     ]
     if results:
-        meta["model-index"] = [{"name": card["name"], "results": results}]
+        meta["model-index"] = [{"name": plain(str(card["name"])), "results": results}]
     return meta
+
+
+def plain(text: str) -> str:
+    """A user string for the YAML front matter: one line, control characters visible, and `<` `>`
+    `&` as entities, so a renderer that shows front matter as Markdown gets no HTML from it."""
+    return html.escape(printable(text), quote=False)
 
 
 def _index_result(

@@ -33,7 +33,7 @@ def model_details(card: dict[str, Any]) -> str:
             (
                 "Code version",
                 (
-                    f"git commit {prov.get('git_commit')} on branch {prov.get('git_branch')}, "
+                    f"git commit {prov.get('git_commit')} on branch {prov.get('git_branch') or '(detached HEAD)'}, "
                     f"committed {prov.get('git_commit_date')}"
                 ),
             ),

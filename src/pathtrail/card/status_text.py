@@ -56,7 +56,10 @@ def release_criteria(card: dict[str, Any]) -> str:
     out = ("## Release criteria\n\nFixed in params (`release.criteria`) before evaluation: the evaluate stage "
            f"recorded them (sha256 {md_inline(str(rel.get('criteria_sha256'))[:16])}…) in the audit trail at seq "
            f"{md_inline(lock.get('seq'))} before it opened the test split or the external cohort"
-           + ("" if lock.get("matches") else " — **the recorded criteria do not match these**") + ". "
+           + ("" if lock.get("matches") else " — **the recorded criteria do not match these**")
+           + (" — **other criteria were locked for the same weights earlier (trail seq "
+              + md_inline(", ".join(str(c.get("seq")) for c in lock["changed_after_test"])) + ")**"
+              if lock.get("changed_after_test") else "") + ". "
            f"{rel.get('n_passed')} passed, {rel.get('n_failed')} failed.\n\n")
     out += table(["Criterion", "Rule", "Value", "Threshold", "Result", "Margin / why"], rows)
     facts = rel.get("facts") or {}

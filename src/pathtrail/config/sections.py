@@ -16,6 +16,7 @@ ARCHITECTURES = ("small_cnn", *TORCHVISION_ARCHS)
 
 
 _SITE_NAME = re.compile(r"^[a-z0-9_]+$")
+_CARD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
 def site_prefix(site: str) -> str:
@@ -246,6 +247,11 @@ class EvalParams:
 class CardParams:
     name: str
     intended_use: str
+
+    def check(self) -> None:
+        require(bool(_CARD_NAME.match(self.name)) and ".." not in self.name, "card.name",
+                f"must be a file name of letters, digits, '.', '_' or '-' (at most 100, starting with a letter "
+                f"or digit), e.g. 'lymph-node-v1'; got {self.name!r}")
 
 
 @dataclass(frozen=True)

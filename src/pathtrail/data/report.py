@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from pathtrail.core.text import printable
 from pathtrail.data.manifests import Problem
 
 WARNINGS_SHOWN_PER_RULE = 20
@@ -63,7 +64,7 @@ def format_report(report: dict[str, Any]) -> str:
     if report["warnings"]:
         out += ["", f"WARNINGS ({report['n_warnings']}):",
                 *format_problems(report["warnings"], WARNINGS_SHOWN_PER_RULE)]
-    return "\n".join(out) + "\n"
+    return "\n".join(printable(line) for line in out) + "\n"  # user strings cannot forge lines or colours
 
 
 def _count(n: int, noun: str) -> str:

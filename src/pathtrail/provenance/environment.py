@@ -62,11 +62,15 @@ def public_remote(url: str | None) -> str | None:
     if "://" not in text:
         scp = re.match(r"^(?:[^@/]+@)?([A-Za-z0-9.-]+):(?!/)(.+)$", text)  # git@host:org/repo.git
         return f"{scp.group(1)}:{scp.group(2)}" if scp else None
-    parts = urlsplit(text)
+    try:
+        parts = urlsplit(text)
+        host = parts.netloc.rsplit("@", 1)[-1]  # userinfo gone; [IPv6] brackets and port kept
+    except ValueError:
+        return None
     if parts.scheme.lower() == "file" or not parts.hostname:
         return None
-    host = parts.hostname + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme.lower(), host, parts.path, "", ""))
+    path = parts.path.split(";", 1)[0]  # `;password=...` path parameters
+    return urlunsplit((parts.scheme.lower(), host, path, "", ""))
 
 
 def pipeline_outputs(dvc_yaml: str | Path = "dvc.yaml") -> list[str]:

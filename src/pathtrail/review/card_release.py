@@ -82,8 +82,11 @@ def release_problems(card: dict[str, Any], root: Path, entries: list[dict[str, A
     described = entries[: hashes.index(head) + 1] if head in hashes else entries
     locked = criteria_lock(described) or {}
     shown_lock = rel.get("locked_before_evaluation") or {}
-    if shown_lock.get("seq") != locked.get("seq") or shown_lock.get("criteria_sha256") != locked.get("criteria_sha256"):
-        out.append(f"card field release.locked_before_evaluation (seq {shown_lock.get('seq')}) is not the "
+    if any(shown_lock.get(k) != locked.get(k) for k in ("seq", "criteria_sha256")) \
+            or (shown_lock.get("changed_after_test") or []) != (locked.get("changed_after_test") or []):
+        out.append(f"card field release.locked_before_evaluation (seq {shown_lock.get('seq')}, sha256 "
+                   f"{str(shown_lock.get('criteria_sha256'))[:12]}…, {len(shown_lock.get('changed_after_test') or [])} "
+                   f"earlier change(s)) is not the "
                    f"criteria_locked entry of the latest evaluate run up to the card's chain head (seq {locked.get('seq')})")
     lock_ok = bool(locked) and locked.get("criteria_sha256") == verdicts["criteria_sha256"]
     again = {**card, "release": {**rel, **verdicts, "locked_before_evaluation": {**locked, "matches": lock_ok}}}
