@@ -145,7 +145,7 @@ def assemble(inp: CardInputs) -> dict[str, Any]:
     }
     card["release"] = release_section(inp, params, demo)
     card["checklist"] = checklist(card)
-    card["release_status"], card["release_reasons"] = status_of(card, inp)
+    card["release_status"], card["release_reasons"] = status_of(card)
     card["status_meanings"] = dict(MEANINGS)
     card["reporting"] = reporting_checklists(card)
     return card
@@ -173,7 +173,8 @@ def release_section(inp: CardInputs, params: dict[str, Any], demo: bool) -> dict
                                  max_fallback=float(release.get("max_fallback_fraction") or 1.0))}
 
 
-def status_of(card: dict[str, Any], inp: CardInputs) -> tuple[str, list[str]]:
+def status_of(card: dict[str, Any]) -> tuple[str, list[str]]:
+    """The status from the card's own fields (the card stage and `pathtrail verify` both call it)."""
     prov = card["provenance"]
     source: list[str] = []
     if not prov.get("git_commit"):
@@ -182,7 +183,7 @@ def status_of(card: dict[str, Any], inp: CardInputs) -> tuple[str, list[str]]:
         modified = prov.get("git_modified") or []
         shown = ", ".join(modified[:10]) + (f" and {len(modified) - 10} more" if len(modified) > 10 else "")
         source.append(f"source differs from its commit: {shown or 'unknown'}")
-    source += [f"ran from modified source: {u}" for u in inp.upstream_dirty]
+    source += [f"ran from modified source: {u}" for u in prov.get("upstream_dirty") or []]
     if not card["model"].get("sha256"):
         source.append("model weights hash missing")
     return decide(source_reasons=source, params_changed=list(prov.get("params_changed") or []),

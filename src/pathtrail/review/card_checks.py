@@ -19,7 +19,7 @@ from pathtrail.card.values import CARD_STAGE, flatten, get
 from pathtrail.config.loading import ParamsError, read_params
 from pathtrail.core.files import repo_path
 from pathtrail.core.hashing import digest, sha256_bytes, sha256_path
-from pathtrail.review.card_release import release_problems, training_params_problems
+from pathtrail.review.card_release import release_problems, show, training_params_problems
 from pathtrail.review.release import card_files, load_lock
 
 MAX_DIFFS = 20
@@ -105,15 +105,6 @@ def differences(a: Any, b: Any, prefix: str) -> list[tuple[str, Any, Any]]:
     return [] if same else [(prefix, a, b)]
 
 
-def _show(value: Any) -> str:
-    text = (
-        json.dumps(value, ensure_ascii=False, sort_keys=True)
-        if not isinstance(value, str)
-        else value
-    )
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
 def _limited(lines: list[str]) -> list[str]:
     return (
         lines
@@ -131,7 +122,7 @@ def _same_as_file(value: Any, field: str, path: Path, rel: str) -> list[str]:
         return [f"{rel} is not valid JSON ({exc})"]
     return _limited(
         [
-            f"card field {f} = {_show(a)} but {rel} has {_show(b)}"
+            f"card field {f} = {show(a)} but {rel} has {show(b)}"
             for f, a, b in differences(value, current, field)
         ]
     )
@@ -168,8 +159,8 @@ def _markdown(card: dict[str, Any], md: Path) -> list[str]:
         )
         out.append(
             f"{md.name} line {n + 1} does not match the Markdown rendered from the card JSON: "
-            f"{_show(have[n] if n < len(have) else '<end of file>')!r} vs expected "
-            f"{_show(want[n] if n < len(want) else '<end of file>')!r}"
+            f"{show(have[n] if n < len(have) else '<end of file>')!r} vs expected "
+            f"{show(want[n] if n < len(want) else '<end of file>')!r}"
         )
     return out
 
@@ -211,7 +202,7 @@ def _params(card: dict[str, Any], root: Path) -> list[str]:
     )
     if keys:
         shown = ", ".join(
-            f"{k} (card {_show(was.get(k, '<absent>'))}, params.yaml {_show(now.get(k, '<absent>'))})"
+            f"{k} (card {show(was.get(k, '<absent>'))}, params.yaml {show(now.get(k, '<absent>'))})"
             for k in keys[:MAX_DIFFS]
         )
         out.append(
@@ -319,7 +310,7 @@ def _lock(card: dict[str, Any], root: Path) -> list[str]:
     current = lock_stage_hashes(load_lock(path)[0])
     return _limited(
         [
-            f"card field {f} = {_show(a)} but dvc.lock has {_show(b)}"
+            f"card field {f} = {show(a)} but dvc.lock has {show(b)}"
             for f, a, b in differences(
                 recorded, {s: current.get(s, "<absent>") for s in recorded}, "provenance.dvc_lock"
             )

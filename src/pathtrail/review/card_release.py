@@ -9,7 +9,6 @@ from typing import Any
 
 from pathtrail.card.build import (
     TRAINING_PARAMS_SCOPE,
-    CardInputs,
     criteria_lock,
     status_of,
     upstream_dirty,
@@ -22,7 +21,8 @@ from pathtrail.core.hashing import digest
 from pathtrail.review.release import load_lock
 
 
-def _show(value: Any) -> str:
+def show(value: Any) -> str:
+    """A value for a one-line finding: JSON unless a string, cut at 80 characters."""
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, sort_keys=True)
     return text if len(text) <= 80 else text[:77] + "..."
 
@@ -71,8 +71,8 @@ def release_problems(card: dict[str, Any], root: Path, entries: list[dict[str, A
         shown = (rel.get("results") or {}).get(name) or {}
         if shown.get("passed") != r["passed"] or shown.get("value") != r["value"]:
             out.append(f"card field release.results.{name} says passed={shown.get('passed')} with value "
-                       f"{_show(shown.get('value'))}, but the card's own values give passed={r['passed']} "
-                       f"with {_show(r['value'])}")
+                       f"{show(shown.get('value'))}, but the card's own values give passed={r['passed']} "
+                       f"with {show(r['value'])}")
     if set(rel.get("results") or {}) != set(verdicts["results"]):
         out.append("card field release.results does not list exactly the criteria in its params")
     # What the card describes is the trail up to its chain head (later runs that reproduced the same
@@ -94,10 +94,11 @@ def release_problems(card: dict[str, Any], root: Path, entries: list[dict[str, A
     upstream = upstream_dirty(described)
     if upstream != (get(card, "provenance.upstream_dirty") or []):
         out.append(f"card field provenance.upstream_dirty does not list the dirty stage runs the trail records: "
-                   f"{_show(upstream)}")
-    status, _ = status_of(again, CardInputs(params=params, upstream_dirty=upstream))
+                   f"{show(upstream)}")
+    again["provenance"] = {**(card.get("provenance") or {}), "upstream_dirty": upstream}
+    status, _ = status_of(again)
     if status != card.get("release_status"):
-        out.append(f"card field release_status = {_show(card.get('release_status'))}, but its own values give "
+        out.append(f"card field release_status = {show(card.get('release_status'))}, but its own values give "
                    f"{status!r}")
     metrics = root / "metrics/release.json"
     if metrics.is_file():
