@@ -45,7 +45,7 @@ def tiny_params(tmp_path: Path, **overrides) -> dict:
     d["data_root"] = str(tmp_path / "data/raw")
     d["internal_manifest"] = str(tmp_path / "data/raw/internal.csv")
     d["external_manifest"] = str(tmp_path / "data/raw/external.csv")
-    d["num_workers"] = 0
+    p["runtime"]["num_workers"] = 0
     d["min_per_class"] = 2
     p["train"].update(epochs=2, batch_size=16)
     p["eval"]["n_bootstrap"] = 200

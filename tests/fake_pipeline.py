@@ -21,6 +21,8 @@ import pytest
 import yaml
 
 from pathtrail.config.compose import compose_params
+from pathtrail.config.sections import TRAINING_SECTIONS
+from pathtrail.core.execution import enforce, environment_for
 from pathtrail.core.figures import line_plot
 from pathtrail.core.files import write_json, write_text
 from pathtrail.core.hashing import digest
@@ -228,17 +230,15 @@ def dvc_yaml() -> dict:
         if prev:
             body["deps"] = prev
         plain = [o for o in outs if o.endswith(".json") and o.startswith(("metrics/", "reports/"))]
-        if cached := [o for o in outs if o not in plain]:
-            body["outs"] = cached
-        if plain:
-            body["metrics"] = [{o: {"cache": False}} for o in plain]
+        body["outs"] = [o for o in outs if o not in plain] + [{o: {"cache": False}} for o in plain]
         stages[name], prev = body, outs[:1]
     stages["model_card"] = {
         "cmd": "python -m stages.model_card",
         "deps": CARD_DEPS,
         "params": ["card", "data", "stain", "model", "train", "compile_check", "eval", "release", "profile"],
-        "metrics": [{"metrics/release.json": {"cache": False}}],
+        "metrics": [{"metrics/headline.json": {"cache": False}}],
         "outs": [
+            {"metrics/release.json": {"cache": False}},
             {f"model_cards/{CARD}.md": {"cache": False}},
             {f"model_cards/{CARD}.json": {"cache": False}},
             {"model_cards/figures": {"cache": False}},
@@ -252,7 +252,7 @@ def write_fake_model(path: Path, params: dict) -> None:
 
     from pathtrail.train.model_file import write_model
 
-    meta = {"arch": "small_cnn", "params_sha256": digest({k: params[k] for k in ("data", "model", "train")})}
+    meta = {"arch": "small_cnn", "params_sha256": digest({k: params.get(k) for k in TRAINING_SECTIONS})}
     write_model({"w": torch.arange(4, dtype=torch.float32)}, meta, path)
 
 
@@ -305,7 +305,9 @@ def _build(root: Path) -> None:
     dvc("init", "-q", cwd=root)
     _run("git", "add", "-A", cwd=root)
     _run("git", "commit", "-q", "-m", "fake pipeline code and params", cwd=root)  # stages run from clean source
-    with contextlib.chdir(root):
+    # what the stage entry points record: the execution contract (honoured as under `dvc repro`)
+    with contextlib.chdir(root), contract_environment(params["execution"]):
+        audit.set_run_context(execution=enforce(params["execution"]), runtime=params["runtime"])
         for name, outs, sections in STAGES:
             with audit.stage(
                 name, inputs=[], params={s: params[s] for s in sections}, trail=TRAIL
@@ -318,11 +320,24 @@ def _build(root: Path) -> None:
                     rec.note(threshold=EVAL["threshold"], threshold_rule=EVAL["threshold_rule"])
                 write_outputs(root, name, params)
                 rec.outputs(*outs)
+        audit.set_run_context()
     dvc("commit", "-f", "-q", *(s for s, _, _ in STAGES), cwd=root)
     _run("git", "add", "-A", cwd=root)
     _run("git", "commit", "-q", "-m", "fake pipeline", cwd=root)
     run_card_stage(root)
     dvc("commit", "-f", "-q", "model_card", cwd=root)
+
+
+@contextlib.contextmanager
+def contract_environment(execution: dict):
+    """os.environ as `stages/__init__.py` sets it for `execution`, for the duration of the block."""
+    saved = dict(os.environ)
+    os.environ.update(environment_for(execution))
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def run_card_stage(root: Path, *extra: str) -> None:

@@ -24,6 +24,7 @@ from fake_pipeline import (
 from pathtrail.card.build import CardInputs, build_card, manifest_hashes
 from pathtrail.card.render import dump_yaml, render_markdown
 from pathtrail.card.values import DRAFT, RELEASE_CANDIDATE, flatten
+from pathtrail.config.sections import TRAINING_SECTIONS
 from pathtrail.core.hashing import canonical_json, digest, sha256_bytes
 from pathtrail.core.text import md_inline
 from pathtrail.provenance.environment import environment
@@ -52,7 +53,10 @@ def inputs(env) -> CardInputs:
         normalization=NORMALIZATION,
         stain_reference={"path": "models/stain_reference.json", "sha256": "ab" * 32, "fit_patches": 4},
         model_sha256="cd" * 32,
-        model_metadata={"params_sha256": digest({k: params[k] for k in ("data", "model", "train")})},
+        model_metadata={"params_sha256": digest({k: params[k] for k in TRAINING_SECTIONS})},
+        execution={"honoured": True, "stages": {"train": {
+            "params": params["execution"], "lifted": False, "honoured": True, "threads": 1,
+            "aten_cpu_capability": "AVX2", "problems": []}}},
         criteria_lock={"seq": 5, "criteria_sha256": digest(criteria)},
         chain_head_entry={"seq": 7, "stage": "evaluate", "action": "end"},
         epochs=[{"epoch": 0, "train_loss": 0.6, "val_loss": 0.5, "val_auroc": 0.8, "lr": 0.002}],
@@ -311,3 +315,17 @@ def test_manifest_hashes_come_from_the_report_or_the_trail():
     assert (
         manifest_hashes(report, trail[:1])["external"]["sha256"] is None
     )  # that run never ended ok
+
+
+def test_a_stage_that_did_not_honour_the_execution_contract_makes_a_draft(inputs):
+    lapsed = {"honoured": False, "stages": {"train": {
+        "params": {"threads": 1, "cpu_isa": "avx2"}, "lifted": False, "honoured": False, "threads": 1,
+        "aten_cpu_capability": "DEFAULT", "problems": ["ATen runs DEFAULT kernels, the contract pins AVX2"]}}}
+    card, md = build_card(with_(inputs, execution=lapsed))
+    line = next(c for c in card["checklist"] if c["item"].startswith("Reproducible execution contract"))
+    assert not line["passed"] and "ATen runs DEFAULT kernels" in line["evidence"]
+    assert card["release_status"].startswith("DRAFT")
+    assert "NOT honoured by every stage" in md
+    ok, ok_md = build_card(inputs)
+    assert "honoured by every stage: the hashed outputs do not depend" in ok_md
+    assert ok["environment"]["execution"]["honoured"] is True

@@ -11,7 +11,7 @@ import torch
 
 from conftest import tiny_params, write_params
 from pathtrail.config.loading import load_section
-from pathtrail.config.sections import DataParams, ModelParams, TrainParams
+from pathtrail.config.sections import ModelParams, RuntimeParams, TrainParams
 from pathtrail.data.loaders import KeyedBatchSampler, PatchDataset
 from pathtrail.data.store import StoreWriter, open_store
 from pathtrail.train.loop import Split, class_weights, fit
@@ -43,7 +43,7 @@ def _params(tmp_path, **overrides):
     overrides = {"train.epochs": 3, "train.batch_size": 8, "model.width": 8, **overrides}
     path = write_params(tmp_path, tiny_params(tmp_path, **overrides))
     return (load_section(path, "train", TrainParams), load_section(path, "model", ModelParams),
-            load_section(path, "data", DataParams))
+            load_section(path, "runtime", RuntimeParams))
 
 
 def _fit(store, train, val, params, **kw):
@@ -79,7 +79,7 @@ def test_other_seed_gives_other_weights(tiny_store, tmp_path):
 
 def test_weights_do_not_depend_on_num_workers(tiny_store, tmp_path):
     a = _fit(*tiny_store, _params(tmp_path))
-    b = _fit(*tiny_store, _params(tmp_path, **{"data.num_workers": 2, "data.persistent_workers": True}))
+    b = _fit(*tiny_store, _params(tmp_path, **{"runtime.num_workers": 2, "runtime.persistent_workers": True}))
     assert _same(a.state_dict, b.state_dict)
 
 

@@ -32,7 +32,8 @@ from pathtrail.core.hashing import canonical_json, digest, sha256_bytes
 
 # What the card's hashes cover (a reader compares them with the files' own).
 PARAMS_SCOPE = "every section of params.yaml as shown in `params` (absolute paths redacted)"
-TRAINING_PARAMS_SCOPE = "the data, model and train sections, as hashed into models/model.pt by the train stage"
+TRAINING_PARAMS_SCOPE = ("the data, model, train and execution sections, as hashed into models/model.pt by the "
+                         "train stage")
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ class CardInputs:
     chain_head_entry: dict[str, Any] = field(default_factory=dict)  # seq, stage, action of that entry
     criteria_lock: dict[str, Any] | None = None  # the evaluate run's `criteria_locked` entry (seq, sha256)
     upstream_dirty: list[str] = field(default_factory=list)  # stage runs the trail records as dirty
+    execution: dict[str, Any] = field(default_factory=dict)  # execution_record(entries)
     trail: str = "audit/trail.jsonl"
     git: dict[str, Any] = field(default_factory=dict)  # provenance.GitState.as_dict()
     environment: dict[str, Any] = field(default_factory=dict)  # provenance.environment()
@@ -116,6 +118,7 @@ def assemble(inp: CardInputs) -> dict[str, Any]:
         "environment": {
             **inp.environment,
             "determinism": determinism(params),
+            "execution": inp.execution or {"honoured": False, "stages": {}},
             "compile": compile_settings(params, compile_check),
         },
         "provenance": {
@@ -214,6 +217,22 @@ def upstream_dirty(entries: Iterable[dict[str, Any]]) -> list[str]:
     return out
 
 
+def execution_record(entries: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """The execution contract as each upstream stage's latest successful run honoured it (from the
+    `execution` record of its start entry): {honoured, stages: {stage: {...} or None}}. `honoured`
+    only when every stage recorded it, none lifted it (threads 0, cpu_isa native) and none reports
+    a problem."""
+    fields = ("params", "lifted", "honoured", "threads", "aten_cpu_capability", "problems")
+    stages: dict[str, Any] = {}
+    for stage, start in sorted(latest_successful_starts(entries).items()):
+        if stage != CARD_STAGE:
+            ex = start.get("execution")
+            stages[stage] = {k: ex.get(k) for k in fields} if isinstance(ex, dict) else None
+    ok = bool(stages) and all(v and v.get("honoured") is True and v.get("lifted") is False
+                              for v in stages.values())
+    return {"honoured": ok, "stages": stages}
+
+
 MODEL = "models/model.pt"
 
 
@@ -255,9 +274,9 @@ def determinism(params: dict[str, Any]) -> dict[str, Any]:
         "train.amp",
         "data.split.seed",
         "eval.seed",
-        "data.num_workers",
-        "data.persistent_workers",
         "compile_check.fallback_random",
+        "execution.threads",
+        "execution.cpu_isa",
     )
     return {k: get(params, k) for k in keys}
 

@@ -102,9 +102,22 @@ def checklist(card: dict[str, Any]) -> list[dict[str, Any]]:
             "Seeds and worker seeding recorded",
             all(isinstance(v, int) and not isinstance(v, bool) for v in seeds.values()),
             ", ".join(f"{k}={v}" for k, v in seeds.items())
-            + f"; loaders keyed on (seed, epoch, sample index) with their own generators "
-            f"(num_workers={get(params, 'data.num_workers')}, "
-            f"persistent_workers={get(params, 'data.persistent_workers')})",
+            + "; loaders keyed on (seed, epoch, sample index) with their own generators, so loader "
+            "workers (runtime knobs, in the audit trail) change no result",
+        )
+    )
+    execution = get(card, "environment.execution") or {}
+    lapses = [f"{stage}: {'; '.join((rec or {}).get('problems') or ['lifted' if (rec or {}).get('lifted') else 'not recorded'])}"
+              for stage, rec in sorted((execution.get("stages") or {}).items())
+              if not (rec and rec.get("honoured") is True and rec.get("lifted") is False)]
+    items.append(
+        _item(
+            "Reproducible execution contract honoured by every stage",
+            execution.get("honoured") is True,
+            f"execution.threads={get(params, 'execution.threads')}, execution.cpu_isa={get(params, 'execution.cpu_isa')}"
+            + (f"; not honoured: {', '.join(lapses)}" if lapses else
+               "; same bits on any x86-64 CPU with AVX2, whatever its core count"
+               if get(params, "execution.cpu_isa") == "avx2" else ""),
         )
     )
     return items

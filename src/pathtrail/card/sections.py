@@ -306,6 +306,7 @@ def environment(card: dict[str, Any]) -> str:
         ("env", "Environment variables"),
     ):
         out += f"\n**{title}:**\n\n" + bullets(sorted((env.get(group) or {}).items()))
+    out += execution_contract(card)
     packages = env.get("packages") or {}
     out += (
         f"\n<details><summary>Installed packages ({len(packages)})</summary>\n\n"
@@ -313,6 +314,24 @@ def environment(card: dict[str, Any]) -> str:
         + "\n</details>\n"
     )
     return out
+
+
+def execution_contract(card: dict[str, Any]) -> str:
+    """Which threads and CPU kernel level each stage ran with: what makes the bits machine-independent."""
+    ex = get(card, "environment.execution") or {}
+    rows = []
+    for stage, rec in sorted((ex.get("stages") or {}).items()):
+        rec = rec or {}
+        rows.append([stage, str(rec.get("threads", "not recorded")), str(rec.get("aten_cpu_capability", "-")),
+                     "yes" if rec.get("honoured") is True and rec.get("lifted") is False else
+                     "; ".join(rec.get("problems") or []) or ("lifted" if rec.get("lifted") else "no")])
+    verdict = ("honoured by every stage: the hashed outputs do not depend on this machine's core count or "
+               "CPU generation (any x86-64 CPU with AVX2 gives the same bits; CUDA, ARM and other "
+               "instruction sets do not)" if ex.get("honoured") is True else
+               "NOT honoured by every stage: another machine may not reproduce these bits")
+    return (f"\n**Execution contract** (execution.threads={get(card, 'params.execution.threads')}, "
+            f"execution.cpu_isa={get(card, 'params.execution.cpu_isa')}): {verdict}.\n\n"
+            + table(["Stage", "Threads", "ATen CPU kernels", "Honoured"], rows))
 
 
 def provenance(card: dict[str, Any]) -> str:

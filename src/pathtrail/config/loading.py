@@ -21,6 +21,20 @@ from pathtrail.core.errors import PathTrailError
 T = TypeVar("T")
 
 
+# Keys that moved to another section: an old params file or `-S` override gets the new name.
+MOVED_KEYS = {f"data.{k}": f"runtime.{k}"
+              for k in ("num_workers", "prefetch_factor", "persistent_workers", "pin_memory")}
+
+
+# The params section of runtime knobs (`pathtrail.config.sections.RuntimeParams`): never a result.
+RUNTIME_SECTION = "runtime"
+
+
+def result_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """`params` without the runtime knobs: what a card, a hash or a comparison of results covers."""
+    return {k: v for k, v in params.items() if k != RUNTIME_SECTION}
+
+
 class ParamsError(PathTrailError, ValueError):
     """A params value is missing, unknown or invalid; the message names the key and the fix."""
 
@@ -69,7 +83,10 @@ def from_dict(cls: type[T], data: Any, prefix: str = "") -> T:
     unknown = sorted(set(data) - set(fields))
     if unknown:
         keys = ", ".join(f"'{_join(prefix, k)}'" for k in unknown)
-        raise ParamsError(f"unknown params key(s) {keys}; known keys: {', '.join(sorted(fields))}")
+        moved = [f"'{_join(prefix, k)}' is now '{MOVED_KEYS[_join(prefix, k)]}'" for k in unknown
+                 if _join(prefix, k) in MOVED_KEYS]
+        hint = f" ({'; '.join(moved)}: a runtime knob that re-runs nothing)" if moved else ""
+        raise ParamsError(f"unknown params key(s) {keys}{hint}; known keys: {', '.join(sorted(fields))}")
     values = {}
     for name, field in fields.items():
         key = _join(prefix, name)

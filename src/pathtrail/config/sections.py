@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from pathtrail.config.criteria import CriterionError, parse_all
-from pathtrail.config.loading import ParamsError, require
+from pathtrail.config.loading import ParamsError, from_dict, require
 from pathtrail.core.system import usable_cpus
 
 # The architectures `pathtrail.train.models.build_model` knows (torchvision ones need torchvision installed).
@@ -91,18 +92,64 @@ class DataParams:
     tissue_policy: Literal["warn", "reject"]
     min_per_class: int
     split: SplitParams
-    num_workers: int
-    prefetch_factor: int
-    persistent_workers: bool
-    pin_memory: bool
 
     def check(self) -> None:
         require(len(self.classes) >= 2, "data.classes", "needs at least two classes")
         require(len(set(self.classes)) == len(self.classes), "data.classes", "has duplicates")
         require(self.patch_size > 0, "data.patch_size", "must be positive")
-        require(self.num_workers >= 0, "data.num_workers", "must be >= 0")
-        require(self.prefetch_factor >= 1, "data.prefetch_factor", "must be >= 1")
         require(self.min_per_class >= 1, "data.min_per_class", "must be >= 1")
+
+
+# The params sections the train stage hashes into models/model.pt (and records in the trail).
+TRAINING_SECTIONS = ("data", "model", "train", "execution")
+
+
+@dataclass(frozen=True)
+class ExecutionParams:
+    """The `execution` section: the reproducible execution contract (`pathtrail.core.execution`).
+
+    A result-changing param: every computing stage lists it in dvc.yaml and the card records it.
+    """
+
+    threads: int                                  # intra-op threads; 0 = all cores (lifts the contract)
+    cpu_isa: Literal["avx2", "default", "native"]  # pinned CPU kernel level; native lifts the contract
+
+    def check(self) -> None:
+        require(self.threads >= 0, "execution.threads", "must be >= 0 (0 = every core, not reproducible)")
+
+
+@dataclass(frozen=True)
+class RuntimeParams:
+    """The `runtime` section: knobs that change speed or output on the terminal, never a result.
+
+    No stage lists it as a DVC param and no artifact hashes it, so changing it re-runs nothing;
+    each stage's start entry in the audit trail records the values it ran with.
+    """
+
+    num_workers: int          # data-loader worker processes (-1: one per usable core)
+    prefetch_factor: int
+    persistent_workers: bool
+    pin_memory: bool
+    progress: Literal["auto", "always", "never"]  # progress bars (auto: only on a terminal)
+    log_level: Literal["debug", "info", "warning", "error"]
+
+    def check(self) -> None:
+        require(self.num_workers >= -1, "runtime.num_workers", "must be >= 0, or -1 for one per core")
+        require(self.prefetch_factor >= 1, "runtime.prefetch_factor", "must be >= 1")
+
+    @property
+    def loader(self) -> dict[str, Any]:
+        return {"num_workers": self.num_workers, "prefetch_factor": self.prefetch_factor,
+                "persistent_workers": self.persistent_workers, "pin_memory": self.pin_memory}
+
+
+def runtime_of(params: Mapping[str, Any]) -> RuntimeParams:
+    """The `runtime` section of `params`, or its defaults when the section is absent."""
+    return from_dict(RuntimeParams, {**RUNTIME_DEFAULTS, **(params.get("runtime") or {})}, "runtime")
+
+
+RUNTIME_DEFAULTS: dict[str, Any] = {"num_workers": 2, "prefetch_factor": 2, "persistent_workers": False,
+                                    "pin_memory": True, "progress": "auto", "log_level": "info"}
 
 
 @dataclass(frozen=True)

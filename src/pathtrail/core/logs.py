@@ -10,10 +10,15 @@ from typing import Any
 import structlog
 
 _configured = False
+_progress = "auto"  # runtime.progress: auto | always | never
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
-def configure(log_file: str | Path | None = None, **context: Any) -> structlog.stdlib.BoundLogger:
-    """Set up logging for a stage or command and bind `context` (stage, seed) to every event."""
+def configure(log_file: str | Path | None = None, level: str = "info",
+              **context: Any) -> structlog.stdlib.BoundLogger:
+    """Set up logging for a stage or command and bind `context` (stage, seed) to every event.
+
+    `level` (runtime.log_level) applies to the console and the log file alike."""
     global _configured
     shared = [
         structlog.contextvars.merge_contextvars,
@@ -39,7 +44,7 @@ def configure(log_file: str | Path | None = None, **context: Any) -> structlog.s
         handlers.append(fh)
     root = logging.getLogger()
     root.handlers = handlers
-    root.setLevel(logging.INFO)
+    root.setLevel(LEVELS.get(level, logging.INFO))
     for noisy in ("matplotlib", "PIL", "torch", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if not _configured:
@@ -55,6 +60,14 @@ def configure(log_file: str | Path | None = None, **context: Any) -> structlog.s
     return structlog.get_logger("pathtrail")
 
 
+def set_progress(mode: str) -> None:
+    """runtime.progress: `auto` (bars only on a terminal, so CI logs stay readable), `always`, `never`."""
+    global _progress
+    _progress = mode
+
+
 def progress_enabled() -> bool:
-    """Progress bars only on a terminal (CI logs stay readable)."""
+    """Whether progress bars are drawn (runtime.progress; by default only on a terminal)."""
+    if _progress in ("always", "never"):
+        return _progress == "always"
     return sys.stderr.isatty()

@@ -47,7 +47,8 @@ def run(params: Mapping[str, Any], paths: Paths, *, trail: str | None = None) ->
     check = parse_section(params, "compile_check", CompileCheckParams)
     profile = parse_section(params, "profile", ProfileParams)
     inp = load_training_inputs(params, paths.store, paths.split)
-    section = {k: params[k] for k in ("compile_check", "train", "profile")}
+    section = {**{k: params[k] for k in ("compile_check", "train", "profile")},
+               "execution": params.get("execution")}
     inputs = [paths.store, paths.split, paths.model, paths.val_probs, paths.train_steps]
     with audit.stage("compile_check", inputs=inputs, params=section, trail=trail) as rec:
         report = {"enabled": check.enabled, "use_compile": inp.train.use_compile,
@@ -84,7 +85,7 @@ def compare_modes(inp: TrainingInputs, check: CompileCheckParams,
     train_mode_compiled = bool(own_model["metadata"].get("compile", {}).get("used", False))
     own = RunOutcome(read_table(paths.train_steps)["loss"].to_numpy(),
                      read_table(paths.val_probs).filter(like="prob_").to_numpy())
-    other = fit(inp.store, inp.splits["train"], inp.splits["val"], inp.train, inp.model, inp.data,
+    other = fit(inp.store, inp.splits["train"], inp.splits["val"], inp.train, inp.model, inp.runtime,
                 num_classes=len(inp.data.classes), fingerprint=inp.fingerprint,
                 use_compile=not train_mode_compiled, fallback_random=check.fallback_random)
     compiled_info = other.compile if not train_mode_compiled else {"used": True}

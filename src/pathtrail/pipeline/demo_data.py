@@ -25,7 +25,7 @@ def run(params: Mapping[str, Any], paths: Paths, *, trail: str | None = None) ->
     section = params["data"]["demo"]
     demo = from_dict(DemoParams, section, prefix="data.demo")
     out = Path(paths.out)
-    with audit.stage("demo_data", inputs=[], params={"data.demo": section}, trail=trail) as rec:
+    with audit.stage("demo_data", inputs=[], params={"data.demo": section, "execution": params.get("execution")}, trail=trail) as rec:
         cohorts = generate_cohorts(demo)
         with atomic_dir(out) as tmp:
             manifests = write_cohorts(cohorts, tmp)

@@ -57,7 +57,8 @@ def run(params: Mapping[str, Any], paths: Paths, *, trail: str | None = None) ->
     split, plots, figs = Path(paths.split), Path(paths.plots), Path(paths.figures)
     log = get_logger()
     with audit.stage("evaluate", inputs=[paths.model, paths.store, split, paths.external],
-                     params={"eval": params["eval"], "release": params["release"]}, trail=trail) as rec:
+                     params={"eval": params["eval"], "release": params["release"],
+                             "execution": params.get("execution")}, trail=trail) as rec:
         model, meta = read_model(paths.model)
         store = open_store(paths.store)
         val = read_table(split / "val.csv")

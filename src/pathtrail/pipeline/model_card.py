@@ -20,12 +20,14 @@ from pathtrail.card.build import (
     build_card,
     card_chain_head,
     criteria_lock,
+    execution_record,
     manifest_hashes,
     read_epochs,
     upstream_dirty,
 )
 from pathtrail.card.public import public_path, redact
-from pathtrail.config.loading import parse_section
+from pathtrail.card.values import get
+from pathtrail.config.loading import parse_section, result_params
 from pathtrail.config.sections import CardParams
 from pathtrail.core import figures
 from pathtrail.core.errors import PathTrailError
@@ -53,7 +55,8 @@ class Paths:
     figures: str = path_option("reports/figures", "stain, compile-check and eval/ figures")
     dvc_lock: str = path_option("dvc.lock")
     out_dir: str = path_option("model_cards")
-    release: str = path_option("metrics/release.json", "the release criteria verdicts (a DVC metric)")
+    release: str = path_option("metrics/release.json", "the release criteria verdicts")
+    headline: str = path_option("metrics/headline.json", "the few values `dvc exp show` compares (the DVC metric)")
 
 
 def run(params: Mapping[str, Any], paths: Paths, *, trail: str | None = None,
@@ -71,7 +74,7 @@ def run(params: Mapping[str, Any], paths: Paths, *, trail: str | None = None,
     entries = audit.read_entries(audit.trail_path(trail))
     out = Path(paths.out_dir)
     md_path, json_path = out / f"{card_params.name}.md", out / f"{card_params.name}.json"
-    with audit.stage("model_card", inputs=[*needed, paths.figures, paths.dvc_lock], params=dict(params),
+    with audit.stage("model_card", inputs=[*needed, paths.figures, paths.dvc_lock], params=result_params(params),
                      trail=trail) as rec:
         epochs = read_epochs(paths.epochs)
         with atomic_dir(out / "figures") as tmp:
@@ -83,16 +86,43 @@ def run(params: Mapping[str, Any], paths: Paths, *, trail: str | None = None,
         write_text(markdown, md_path)
         write_json(card, json_path)
         write_json(release, paths.release)
+        write_json(headline_metrics(card), paths.headline)
         rec.note(chain_head=card["audit"]["chain_head"], release_status=card["release_status"],
                  release_reasons=card["release_reasons"])
-        rec.outputs(md_path, json_path, out / "figures", paths.release)
+        rec.outputs(md_path, json_path, out / "figures", paths.release, paths.headline)
     get_logger().info("model_card.done", card=md_path.as_posix(), release_status=card["release_status"])
     return card
 
 
+# metrics/headline.json, the only DVC metric: (group, key in the card, name in the file). At most 15
+# values, so `dvc exp show` stays a readable table; everything else is in metrics/*.json and the card.
+HEADLINE = (
+    ("internal_test", "metrics.eval.internal_test.auroc", "auroc"),
+    ("internal_test", "metrics.eval.internal_test.auroc_ci_low", "auroc_ci_low"),
+    ("internal_test", "metrics.eval.internal_test.auroc_ci_high", "auroc_ci_high"),
+    ("external", "metrics.eval.external.auroc", "auroc"),
+    ("external", "metrics.eval.external.auroc_ci_low", "auroc_ci_low"),
+    ("external", "metrics.eval.external.auroc_ci_high", "auroc_ci_high"),
+    ("compile_check", "compile_check.passed", "passed"),
+    ("compile_check", "compile_check.auroc_delta", "auroc_delta"),
+    ("release", "release.n_passed", "criteria_passed"),
+    ("release", "release.n_failed", "criteria_failed"),
+    ("train", "metrics.train.best_epoch", "best_epoch"),
+    ("train", "metrics.train.best_val_auroc", "best_val_auroc"),
+)
+
+
+def headline_metrics(card: dict[str, Any]) -> dict[str, Any]:
+    """The headline values, taken from the card (so they are the card's, value for value)."""
+    out: dict[str, Any] = {"status": card["release_status"]}
+    for group, key, name in HEADLINE:
+        out.setdefault(group, {})[name] = get(card, key)
+    return out
+
+
 def release_metrics(card: dict[str, Any]) -> dict[str, Any]:
-    """metrics/release.json: status, passed, and each criterion's value, threshold and verdict (what
-    `dvc exp show` puts in columns; the same values are in the card and the trail)."""
+    """metrics/release.json: status, passed, and each criterion's value, threshold and verdict (the
+    same values are in the card and the trail)."""
     rel = card["release"]
     return {"status": card["release_status"], "passed": rel["passed"], "n_passed": rel["n_passed"],
             "n_failed": rel["n_failed"], "criteria_sha256": rel["criteria_sha256"],
@@ -129,7 +159,7 @@ def read_inputs(paths: Paths, params: Mapping[str, Any], card: CardParams, epoch
     head, head_entry = card_chain_head(entries, audit.GENESIS)
     fit = read_json(paths.stain_reference).get("reference_sha256")
     return CardInputs(
-        params=redact(dict(params), root),
+        params=redact(result_params(params), root),
         intended_use=Path(card.intended_use).read_text(encoding="utf-8"),
         train_metrics=read_json(paths.train_metrics),
         compile_check=read_json(paths.compile_check),
@@ -151,6 +181,7 @@ def read_inputs(paths: Paths, params: Mapping[str, Any], card: CardParams, epoch
         chain_head_entry=head_entry,
         criteria_lock=criteria_lock(entries),
         upstream_dirty=upstream_dirty(entries),
+        execution=execution_record(entries),
         trail=public_path(audit.trail_path(trail).as_posix(), root),
         git=environment.git_state().as_dict(),
         environment=env,

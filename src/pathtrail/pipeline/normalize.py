@@ -57,7 +57,7 @@ def run(params: Mapping[str, Any], paths: Paths, *, trail: str | None = None) ->
     candidates = {c: Path(paths.validated) / f"{c}.csv" for c in COHORTS}
     tables = {c: path for c, path in candidates.items() if path.is_file()}
     with audit.stage("normalize", inputs=[*tables.values(), paths.reference, root],
-                     params={"stain": params["stain"]}, trail=trail) as rec:
+                     params={"stain": params["stain"], "execution": params.get("execution")}, trail=trail) as rec:
         # stain.fallback decides the batching below, so the normalizer follows it too (stain_fit
         # stores the same value in the reference; this keeps both in step under `-S` overrides).
         normalizer = MacenkoNormalizer.from_dict(read_json(paths.reference), fallback=stain.fallback)

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import functools
 import inspect
+import logging
 import signal
 import sys
 import threading
@@ -16,9 +17,12 @@ from typing import Any, TypeVar
 
 import structlog
 
-from pathtrail.config.loading import read_params
+from pathtrail.config.loading import parse_section, read_params
+from pathtrail.config.sections import ExecutionParams, runtime_of
 from pathtrail.core.errors import PathTrailError
-from pathtrail.core.logs import configure
+from pathtrail.core.execution import enforce
+from pathtrail.core.logs import LEVELS, configure, set_progress
+from pathtrail.provenance import audit
 
 T = TypeVar("T")
 
@@ -58,15 +62,34 @@ def stage_main(name: str, module: ModuleType) -> Callable[[list[str] | None], No
     @entrypoint(name)
     def main(argv: list[str] | None = None) -> None:
         args, paths = parse_stage_args(name, module.__doc__, module.Paths, argv)
+        params = stage_params(args)
+        apply_run_context(params)
         accepted = inspect.signature(module.run).parameters
         extra: dict[str, Any] = {}
         if "relaunch_argv" in accepted:
             extra["relaunch_argv"] = sys.argv[1:] if argv is None else list(argv)
         if "params_file" in accepted:
             extra["params_file"] = args.params
-        module.run(stage_params(args), paths, trail=args.trail, **extra)
+        module.run(params, paths, trail=args.trail, **extra)
 
     return main
+
+
+def apply_run_context(params: dict[str, Any]) -> None:
+    """Honour the execution contract and the runtime knobs of `params`; the trail records both.
+
+    The contract's environment was set by `stages/__init__.py` before torch loaded; here torch gets
+    its thread count, and `enforce` says whether everything took (see `pathtrail.core.execution`).
+    """
+    if "execution" in params:
+        parse_section(params, "execution", ExecutionParams)  # a typo is an error before any work
+    runtime = runtime_of(params)
+    set_progress(runtime.progress)
+    logging.getLogger().setLevel(LEVELS[runtime.log_level])
+    execution = enforce(params.get("execution"))
+    if not execution["honoured"]:
+        get_logger().warning("execution.contract_not_honoured", problems=execution["problems"])
+    audit.set_run_context(execution=execution, runtime=dataclasses.asdict(runtime))
 
 
 def _with_default(help_text: str | None, default: Any) -> str:

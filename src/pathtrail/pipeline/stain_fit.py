@@ -37,7 +37,7 @@ def run(params: Mapping[str, Any], paths: Paths, *, trail: str | None = None) ->
     """Fit and write the stain reference; returns it (as written)."""
     data, stain = parse_section(params, "data", DataParams), parse_section(params, "stain", StainParams)
     root = Path(data.data_root)
-    with audit.stage("stain_fit", inputs=[paths.train, root], params={"stain": params["stain"]},
+    with audit.stage("stain_fit", inputs=[paths.train, root], params={"stain": params["stain"], "execution": params.get("execution")},
                      trail=trail) as rec:
         table = read_table(paths.train).sort_values("path", ignore_index=True)
         rows = pick_reference_rows(len(table), stain.fit_max_patches, data.split.seed)

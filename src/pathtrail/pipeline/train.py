@@ -17,7 +17,7 @@ import structlog
 import torch
 
 from pathtrail.config.loading import parse_section
-from pathtrail.config.sections import TrainParams
+from pathtrail.config.sections import TRAINING_SECTIONS, TrainParams
 from pathtrail.core.errors import PathTrailError
 from pathtrail.core.files import read_json, write_csv, write_json
 from pathtrail.core.hashing import digest
@@ -70,14 +70,14 @@ def run(params: Mapping[str, Any], paths: Paths, *, trail: str | None = None,
 def train_here(params: Mapping[str, Any], paths: Paths, world: D.World, device: torch.device,
                trail: str | None) -> FitResult:
     inp = load_training_inputs(params, paths.store, paths.split)
-    section = {k: params[k] for k in ("data", "model", "train")}
+    section = {k: params.get(k) for k in TRAINING_SECTIONS}
     checkpoint = Path(paths.checkpoint)
     curves = Path(paths.curves)
     recording = (audit.stage("train", inputs=[paths.store, paths.split, paths.reference], params=section,
                              trail=trail)
                  if world.is_main else contextlib.nullcontext(audit.StageRecord()))
     with recording as rec:
-        result = fit(inp.store, inp.splits["train"], inp.splits["val"], inp.train, inp.model, inp.data,
+        result = fit(inp.store, inp.splits["train"], inp.splits["val"], inp.train, inp.model, inp.runtime,
                      num_classes=len(inp.data.classes), fingerprint=inp.fingerprint, checkpoint=checkpoint,
                      device=device, world=world)
         if not world.is_main:

@@ -36,7 +36,8 @@ def run(params: Mapping[str, Any], paths: Paths, *, trail: str | None = None) ->
     manifests = {"internal": data.internal_manifest, "external": data.external_manifest}
     cohorts = [Cohort(name, Path(path), root) for name, path in manifests.items() if path]
     inputs = [c.manifest for c in cohorts] + [root]
-    with audit.stage("validate", inputs=inputs, params={"data": params["data"]}, trail=trail) as rec:
+    with audit.stage("validate", inputs=inputs, params={"data": params["data"], "execution": params.get("execution")},
+                     trail=trail) as rec:
         result = validate_cohorts(cohorts, Rules.from_params(data))
         log_summary(result)
         rec.note(errors=len(result.errors), warnings=len(result.warnings),

@@ -36,6 +36,16 @@ from pathtrail.provenance.trail import (  # noqa: F401  (the trail API, re-expor
 
 DEFAULT_TRAIL = Path("audit/trail.jsonl")
 log = structlog.get_logger(__name__)
+# What this process runs with, beyond its params (the execution contract as honoured, the runtime
+# knobs): set once by the stage entry point, recorded in every start entry, hashed by no artifact.
+_run_context: dict[str, Any] = {}
+
+
+def set_run_context(**facts: Any) -> None:
+    """Record `facts` (e.g. execution=..., runtime=...) in the start entry of every later stage run
+    of this process (replacing what was set before; no arguments: record nothing more)."""
+    _run_context.clear()
+    _run_context.update(facts)
 
 
 def trail_path(path: str | Path | None = None) -> Path:
@@ -128,7 +138,7 @@ def stage(
     started = hash_paths(inputs)
     append({**common, "action": "start", "outcome": "running", "params": params or {},
             "params_sha256": digest(params or {}), "inputs": started, "versions": versions(),
-            "pid": os.getpid()}, trail)
+            "pid": os.getpid(), **_run_context}, trail)
     rec = StageRecord(common, trail)
     t0 = time.monotonic()
     try:

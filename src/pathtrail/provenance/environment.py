@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from pathtrail.config.loading import RUNTIME_SECTION
+
 # Files a pipeline run rewrites by design; their changes do not make the source tree "dirty".
 ALWAYS_GENERATED = ("audit/", "dvc.lock", "logs/")
 
@@ -140,7 +142,8 @@ def _params_changed(repo: Any, top: Path) -> list[str]:
     except (OSError, yaml.YAMLError, *git_errors()):
         return ["params.yaml (not comparable with its committed version)"]
     a, b = _flat(old), _flat(new)
-    return sorted(k for k in set(a) | set(b) if a.get(k, "<absent>") != b.get(k, "<absent>"))
+    return sorted(k for k in set(a) | set(b) if a.get(k, "<absent>") != b.get(k, "<absent>")
+                  and k.split(".")[0] != RUNTIME_SECTION)  # runtime knobs change no result
 
 
 def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:

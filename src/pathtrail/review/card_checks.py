@@ -16,7 +16,7 @@ from pathtrail.card.build import lock_stage_hashes
 from pathtrail.card.public import OUTSIDE, redact
 from pathtrail.card.render import render_markdown
 from pathtrail.card.values import CARD_STAGE, flatten, get
-from pathtrail.config.loading import ParamsError, read_params
+from pathtrail.config.loading import ParamsError, read_params, result_params
 from pathtrail.core.files import repo_path
 from pathtrail.core.hashing import digest, sha256_bytes, sha256_path
 from pathtrail.review.card_release import release_problems, show, training_params_problems
@@ -193,7 +193,7 @@ def _params(card: dict[str, Any], root: Path) -> list[str]:
             f"({digest(params)})"
         )
     try:
-        current = redact(read_params(root / "params.yaml"), str(root.resolve()))
+        current = redact(result_params(read_params(root / "params.yaml")), str(root.resolve()))
     except ParamsError as exc:
         return [*out, f"card params cannot be checked: {exc}"]
     was, now = flatten(params), flatten(current)

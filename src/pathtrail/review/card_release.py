@@ -17,6 +17,8 @@ from pathtrail.card.checklist import checklist
 from pathtrail.card.public import OUTSIDE, redact
 from pathtrail.card.release import criteria_results, is_demo_data, release_facts
 from pathtrail.card.values import get
+from pathtrail.config.loading import result_params
+from pathtrail.config.sections import TRAINING_SECTIONS
 from pathtrail.core.hashing import digest
 from pathtrail.review.release import load_lock
 
@@ -40,11 +42,11 @@ def training_params_problems(card: dict[str, Any], model: Path) -> list[str]:
         out.append(f"card field model.training_params_sha256 = {str(shown)[:12]}… but models/model.pt records "
                    f"params_sha256 {str(meta.get('params_sha256'))[:12]}…")
     params = card.get("params") if isinstance(card.get("params"), dict) else {}
-    sections = {k: params.get(k) for k in ("data", "model", "train")}
+    sections = {k: params.get(k) for k in TRAINING_SECTIONS}
     if get(card, "model.training_params_scope") == TRAINING_PARAMS_SCOPE and digest(sections) != shown \
             and not _redacted(sections):
         out.append(f"card field model.training_params_sha256 = {str(shown)[:12]}… is not the hash of the card's "
-                   f"own data, model and train params ({digest(sections)[:12]}…)")
+                   f"own {', '.join(TRAINING_SECTIONS)} params ({digest(sections)[:12]}…)")
     return out
 
 
@@ -122,7 +124,7 @@ def committed_params_problems(card: dict[str, Any], root: Path) -> list[str]:
 
     try:
         text = git.Repo(root, search_parent_directories=True).git.show(f"{commit}:params.yaml")
-        committed = redact(yaml.safe_load(text) or {}, str(root.resolve()))
+        committed = redact(result_params(yaml.safe_load(text) or {}), str(root.resolve()))
     except (git.exc.GitError, ValueError, yaml.YAMLError):
         return []  # a commit that does not exist is reported by the git check
     if committed != params:

@@ -12,7 +12,13 @@ import pandas as pd
 import torch
 
 from pathtrail.config.loading import parse_section
-from pathtrail.config.sections import DataParams, ModelParams, TrainParams
+from pathtrail.config.sections import (
+    DataParams,
+    ModelParams,
+    RuntimeParams,
+    TrainParams,
+    runtime_of,
+)
 from pathtrail.core.files import read_table
 from pathtrail.core.hashing import digest, sha256_path
 from pathtrail.data.loaders import KeyedBatchSampler, PatchDataset, make_loader
@@ -26,6 +32,7 @@ class TrainingInputs:
     data: DataParams
     model: ModelParams
     train: TrainParams
+    runtime: RuntimeParams
     store: PatchStore
     tables: dict[str, pd.DataFrame]
     splits: dict[str, Split]
@@ -42,10 +49,11 @@ def load_training_inputs(raw: Mapping[str, Any], store_dir: str, split_dir: str)
     splits = {n: Split(store.rows_for(t.path), t.label.to_numpy(np.int64)) for n, t in tables.items()}
     fingerprint = digest({
         "params": {k: raw[k] for k in ("data", "model", "train")},
+        "execution": raw.get("execution"),
         "store_index": sha256_path(Path(store_dir) / "index.csv"),
         "splits": {n: sha256_path(Path(split_dir) / f"{n}.csv") for n in tables},
     })
-    return TrainingInputs(data, model, train, store, tables, splits, fingerprint)
+    return TrainingInputs(data, model, train, runtime_of(raw), store, tables, splits, fingerprint)
 
 
 def score_loader(store: PatchStore, table: pd.DataFrame, data: DataParams, batch_size: int, seed: int):

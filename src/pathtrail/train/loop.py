@@ -26,7 +26,7 @@ import structlog
 import torch
 from torch import nn
 
-from pathtrail.config.sections import DataParams, ModelParams, TrainParams
+from pathtrail.config.sections import ModelParams, RuntimeParams, TrainParams
 from pathtrail.core.errors import PathTrailError
 from pathtrail.data.loaders import KeyedBatchSampler, PatchDataset, make_loader
 from pathtrail.data.store import PatchStore
@@ -137,7 +137,7 @@ def fit(
     val: Split,
     params: TrainParams,
     model_params: ModelParams,
-    data_params: DataParams,
+    runtime: RuntimeParams,
     *,
     num_classes: int,
     fingerprint: str,
@@ -158,7 +158,7 @@ def fit(
                              "run it inside pathtrail.train.distributed.process_group")
     device = device or (D.device_for(world) if world.distributed else
                         torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    run, weights_sha = build_run(store, train, val, params, model_params, data_params, num_classes=num_classes,
+    run, weights_sha = build_run(store, train, val, params, model_params, runtime, num_classes=num_classes,
                                  use_compile=params.use_compile if use_compile is None else use_compile,
                                  fallback_random=fallback_random, device=device, world=world)
     resumed_from = None
@@ -182,7 +182,7 @@ def fit(
 
 
 def build_run(store: PatchStore, train: Split, val: Split, params: TrainParams, model_params: ModelParams,
-              data_params: DataParams, *, num_classes: int, use_compile: bool, fallback_random: bool,
+              runtime: RuntimeParams, *, num_classes: int, use_compile: bool, fallback_random: bool,
               device: torch.device, world: World) -> tuple[TrainingRun, str | None]:
     """Seed, build (and compile) the model, optimizer, scheduler and loaders of a fresh run.
 
@@ -216,13 +216,7 @@ def build_run(store: PatchStore, train: Split, val: Split, params: TrainParams, 
     ).to(device)
     fused = device.type == "cuda"
     opt = torch.optim.AdamW(net.parameters(), lr=params.lr, weight_decay=params.weight_decay, fused=fused)
-    loader_args = {
-        "num_workers": data_params.num_workers,
-        "prefetch_factor": data_params.prefetch_factor,
-        "persistent_workers": data_params.persistent_workers,
-        "pin_memory": data_params.pin_memory,
-        "seed": params.seed,
-    }
+    loader_args = {**runtime.loader, "seed": params.seed}  # runtime knobs: speed only, never the result
     train_sampler = KeyedBatchSampler(len(train.rows), rank_batch, params.seed, shuffle=True,
                                       rank=world.rank, world=world.size)
     train_loader = make_loader(
