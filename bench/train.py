@@ -42,7 +42,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from pathtrail.config.loading import from_dict
-from pathtrail.config.sections import DataParams, ModelParams, TrainParams
+from pathtrail.config.sections import ModelParams, RuntimeParams, TrainParams
 from pathtrail.core.files import write_json
 from pathtrail.data.loaders import SHUFFLE_KEY, to_tensor
 from pathtrail.data.store import PatchStore, StoreWriter, open_store
@@ -69,16 +69,16 @@ def synthetic_store(root: Path, n: int, seed: int = 0) -> tuple[PatchStore, Spli
     return store, Split(np.arange(n), labels[:n]), Split(np.arange(n, total), labels[n:])
 
 
-def bench_params(batch: int, width: int) -> tuple[TrainParams, ModelParams, DataParams]:
+def bench_params(batch: int, width: int) -> tuple[TrainParams, ModelParams, RuntimeParams]:
     """The committed params, set to one epoch, no augmentation, in-process loading, no compile."""
     p = yaml.safe_load((REPO / "params.yaml").read_text())
     p["train"].update(epochs=1, batch_size=batch, augment=False, use_compile=False, deterministic=True,
                       scheduler="cosine", grad_clip_norm=1.0, accumulation_steps=1, amp="none",
                       distributed={"nproc_per_node": 1})
     p["model"].update(arch="small_cnn", width=width, weights_path=None)
-    p["data"].update(num_workers=0, persistent_workers=False, pin_memory=False)
+    p["runtime"].update(num_workers=0, persistent_workers=False, pin_memory=False)
     return (from_dict(TrainParams, p["train"], "train"), from_dict(ModelParams, p["model"], "model"),
-            from_dict(DataParams, p["data"], "data"))
+            from_dict(RuntimeParams, p["runtime"], "runtime"))
 
 
 class _Plain(Dataset):

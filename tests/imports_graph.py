@@ -95,14 +95,15 @@ def package_of(module: str) -> str:
 def stage_code_deps(stage: str) -> set[str]:
     """What dvc.yaml must list as the code deps of `stage`: its entry point, the pipeline modules it
     runs (as files: each stage has its own), and every other pathtrail subpackage it loads (as
-    folders); `src/pathtrail/__init__.py` when it reads the package version."""
+    folders); `src/pathtrail/__init__.py` when it reads the package version. `stages/__init__.py`
+    runs first in every stage (it sets the execution contract), so every stage lists it."""
     deps = set()
-    for f in reachable(ROOT / "stages" / f"{stage}.py"):
+    package = ROOT / "stages" / "__init__.py"
+    for f in reachable(ROOT / "stages" / f"{stage}.py") | reachable(package):
         rel = f.relative_to(ROOT)
         parts = rel.parts
         if parts[0] == "stages":
-            if rel.name != "__init__.py":
-                deps.add(rel.as_posix())
+            deps.add(rel.as_posix())
         elif len(parts) == 3:  # src/pathtrail/__init__.py
             deps.add(rel.as_posix())
         elif parts[2] == "pipeline":
