@@ -28,8 +28,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from pathtrail.core.execution import CONTRACT_VARIABLES, environment_for  # noqa: E402
-from pathtrail.core.files import write_json  # noqa: E402
+from pathtrail.core.execution import CONTRACT_VARIABLES, environment_for
+from pathtrail.core.files import write_json
 
 SIDES = {
     "contract": {"threads": 1, "cpu_isa": "avx2"},
@@ -64,7 +64,7 @@ def run_side(side: str, steps: int) -> dict:
     contract = SIDES[side]
     env = {k: v for k, v in os.environ.items() if k not in CONTRACT_VARIABLES}
     env |= environment_for(contract)
-    done = subprocess.run([sys.executable, "-c", WORKER, str(REPO), str(steps), str(contract["threads"])],
+    done = subprocess.run([sys.executable, "-c", WORKER, str(REPO), str(steps), str(contract["threads"])], check=False,
                           env=env, capture_output=True, text=True, timeout=1800)
     if done.returncode != 0:
         raise SystemExit(f"{side} failed:\n{done.stderr[-2000:]}")

@@ -102,9 +102,7 @@ def stage_code_deps(stage: str) -> set[str]:
     for f in reachable(ROOT / "stages" / f"{stage}.py") | reachable(package):
         rel = f.relative_to(ROOT)
         parts = rel.parts
-        if parts[0] == "stages":
-            deps.add(rel.as_posix())
-        elif len(parts) == 3:  # src/pathtrail/__init__.py
+        if parts[0] == "stages" or len(parts) == 3:
             deps.add(rel.as_posix())
         elif parts[2] == "pipeline":
             if rel.name != "__init__.py":

@@ -35,7 +35,8 @@ def run_stages(folder: Path, machine: dict[str, str], stages=STAGES, **overrides
     env = {k: v for k, v in os.environ.items() if k not in MACHINE}
     env |= {**machine, "PYTHONPATH": str(REPO), "DVC_NO_ANALYTICS": "1"}
     for stage in stages:
-        done = subprocess.run([sys.executable, "-m", f"stages.{stage}", "--trail", "trail.jsonl"], cwd=folder,
+        done = subprocess.run([sys.executable, "-m", f"stages.{stage}", "--trail", "trail.jsonl"], check=False,
+                              cwd=folder,
                               env=env, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, f"{stage} under {machine}:\n{done.stderr[-3000:]}"
     return {rel: sha256_path(folder / rel) for rel in OUTPUTS if (folder / rel).exists()}
@@ -60,6 +61,13 @@ def test_other_threads_kernels_and_workers_give_identical_outputs(tmp_path):
     assert {e["runtime"]["num_workers"] for e in starts} == {2}
 
 
+def _has_avx2() -> bool:
+    import torch
+
+    return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+
+
+@pytest.mark.skipif(not _has_avx2(), reason="the control compares AVX2 kernels with the default ones")
 def test_with_the_contract_lifted_the_kernel_level_changes_the_weights(tmp_path):
     """The negative control: the variation the test above survives is a real one."""
     folder = tmp_path / "run"

@@ -71,7 +71,7 @@ def test_the_stage_package_sets_the_contract_before_torch_loads(tmp_path):
     (tmp_path / "params.yaml").write_text("execution:\n  threads: 1\n  cpu_isa: avx2\n", encoding="utf-8")
     probe = ("import sys; sys.argv[0] = '-m'; import stages, torch; "
              "print(torch.get_num_threads(), torch.backends.cpu.get_cpu_capability())")
-    done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    done = subprocess.run([sys.executable, "-c", probe], check=False, cwd=tmp_path, capture_output=True, text=True, timeout=120,
                           env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "2",
                                "ATEN_CPU_CAPABILITY": "default"})
     assert done.returncode == 0, done.stderr
@@ -113,7 +113,7 @@ def test_a_manifest_outside_the_data_root_is_a_dvc_dependency(tmp_path):
     (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"validate": stage}}), encoding="utf-8")
 
     def dvc(*args: str) -> str:
-        done = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=tmp_path, capture_output=True, text=True,
+        done = subprocess.run([sys.executable, "-m", "dvc", *args], check=False, cwd=tmp_path, capture_output=True, text=True,
                               timeout=120, env={"PATH": "/usr/bin:/bin", "DVC_NO_ANALYTICS": "1", "HOME": str(tmp_path)})
         assert done.returncode == 0, done.stderr
         return done.stdout
