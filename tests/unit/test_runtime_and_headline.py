@@ -10,10 +10,10 @@ import pytest
 import yaml
 
 from fake_pipeline import committed_params
+from pathtrail.card.headline import HEADLINE, headline_metrics
 from pathtrail.config.loading import ParamsError, parse_section, result_params
 from pathtrail.config.sections import ExecutionParams, RuntimeParams, runtime_of
 from pathtrail.core.execution import CONTRACT_VARIABLES, apply_before_libraries, environment_for
-from pathtrail.pipeline.model_card import HEADLINE, headline_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 DVC_YAML = yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))

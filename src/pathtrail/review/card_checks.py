@@ -19,6 +19,7 @@ from pathtrail.card.values import CARD_STAGE, flatten, get
 from pathtrail.config.loading import ParamsError, read_params, result_params
 from pathtrail.core.files import repo_path
 from pathtrail.core.hashing import digest, sha256_bytes, sha256_path
+from pathtrail.review.card_execution import execution_problems, headline_problems
 from pathtrail.review.card_release import release_problems, show, training_params_problems
 from pathtrail.review.release import card_files, load_lock
 
@@ -72,6 +73,7 @@ def check_card(
     out += _inputs(card, root)
     out += _lock(card, root)
     out += release_problems(card, root, entries)
+    out += execution_problems(card, entries) + headline_problems(card, root)
     return out
 
 

@@ -1,0 +1,45 @@
+"""`verify` ties the card's execution-contract record to the trail and the headline metric to the card."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fake_pipeline import CARD, fake_tree
+from pathtrail.core.files import write_json
+from pathtrail.review.verify import verify
+
+CARD_JSON = f"model_cards/{CARD}.json"
+
+
+@pytest.fixture
+def tree(tmp_path, tmp_path_factory) -> Path:
+    return fake_tree(tmp_path / "repo", tmp_path_factory)
+
+
+def test_the_fake_pipeline_records_an_honoured_contract(tree):
+    card = json.loads((tree / CARD_JSON).read_text())
+    execution = card["environment"]["execution"]
+    assert execution["honoured"] is True and execution["stages"]["train"]["threads"] == 1
+    headline = json.loads((tree / "metrics/headline.json").read_text())
+    assert headline["status"] == card["release_status"]
+    assert verify(tree, checks=("card",)).problems == []
+
+
+def test_an_edited_execution_record_is_found(tree):
+    card = json.loads((tree / CARD_JSON).read_text())
+    card["environment"]["execution"]["stages"]["train"]["threads"] = 16
+    write_json(card, tree / CARD_JSON)
+    found = verify(tree, checks=("card",)).problems
+    assert any("card field environment.execution" in p and "audit trail's stage runs record" in p for p in found)
+
+
+def test_an_edited_headline_is_found(tree):
+    path = tree / "metrics/headline.json"
+    doc = json.loads(path.read_text())
+    doc["external"]["auroc"] = 0.99
+    write_json(doc, path)
+    found = verify(tree, checks=("card",)).problems
+    assert any("metrics/headline.json does not hold the card's values" in p for p in found)
