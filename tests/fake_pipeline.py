@@ -223,6 +223,11 @@ def dvc(*args: str, cwd: Path) -> None:
     _run(sys.executable, "-m", "dvc", *args, cwd=cwd)
 
 
+def git(*args: str, cwd: Path) -> None:
+    """git with a fixed test identity and date."""
+    _run("git", *args, cwd=cwd)
+
+
 def dvc_yaml() -> dict:
     stages, prev = {}, []
     for name, outs, params in STAGES:

@@ -11,13 +11,8 @@ import yaml
 from fake_pipeline import CARD, TRAIL, fake_tree
 from pathtrail.core.files import write_json
 from pathtrail.provenance import audit
-from pathtrail.review.verify import (
-    Report,
-    format_report,
-    lock_problems,
-    parse_dvc_status,
-    verify,
-)
+from pathtrail.review.lock_check import lock_problems, parse_dvc_status
+from pathtrail.review.verify import Report, format_report, verify
 
 CARD_JSON = f"model_cards/{CARD}.json"
 

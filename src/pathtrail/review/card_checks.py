@@ -3,7 +3,10 @@
 A card (`model_cards/<name>.json`) is compared with: the model weights, metrics files, params.yaml,
 its own params hash, the git history, the audit trail, the stain reference, its figures, the
 files it was built from, dvc.lock, and its Markdown (re-rendered from the JSON, byte for byte, and
-checked against the stored `markdown_sha256`). Each disagreement names the card field and the file.
+checked against the stored `markdown_sha256`), and the cohort manifests it names (re-hashed wherever
+they live). Each disagreement names the card field and the file. What the card describes must be
+what is present: for each stage, the run whose outputs are in the workspace
+(`pathtrail.review.runs`) must have the outputs of the run the card describes.
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ from pathtrail.core.files import repo_path
 from pathtrail.core.hashing import digest, sha256_bytes, sha256_path
 from pathtrail.review.card_execution import execution_problems, headline_problems
 from pathtrail.review.card_release import release_problems, show, training_params_problems
+from pathtrail.review.manifests import manifest_problems
 from pathtrail.review.release import card_files, load_lock
+from pathtrail.review.runs import RunMatcher
 
 MAX_DIFFS = 20
 COMPARED_FILES = (
@@ -31,7 +36,8 @@ COMPARED_FILES = (
 )
 
 
-def card_problems(root: Path, entries: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+def card_problems(root: Path, entries: list[dict[str, Any]],
+                  runs: RunMatcher | None = None) -> tuple[list[str], list[str]]:
     """(problems, notes) for every `model_cards/*.json` under `root`."""
     problems: list[str] = []
     notes: list[str] = []
@@ -49,7 +55,7 @@ def card_problems(root: Path, entries: list[dict[str, Any]]) -> tuple[list[str],
             problems.append(f"{rel}: a JSON {type(card).__name__}, not a model card object")
             continue
         try:
-            found = [f"{rel}: {p}" for p in check_card(card, path, root, entries)]
+            found = [f"{rel}: {p}" for p in check_card(card, path, root, entries, runs)]
         except (TypeError, AttributeError, ValueError, KeyError, RecursionError) as exc:
             found = [f"{rel}: malformed card, the checks stopped at {type(exc).__name__}: {str(exc)[:200]}"]
         problems += found
@@ -59,7 +65,8 @@ def card_problems(root: Path, entries: list[dict[str, Any]]) -> tuple[list[str],
 
 
 def check_card(
-    card: dict[str, Any], path: Path, root: Path, entries: list[dict[str, Any]]
+    card: dict[str, Any], path: Path, root: Path, entries: list[dict[str, Any]],
+    runs: RunMatcher | None = None,
 ) -> list[str]:
     out: list[str] = []
     out += _markdown(card, path.with_suffix(".md"))
@@ -68,9 +75,10 @@ def check_card(
         out += _same_as_file(get(card, field), field, root / rel, rel)
     out += _params(card, root)
     out += _git_commit(card, root)
-    out += _chain_head(card, entries)
+    out += _chain_head(card, entries, runs or RunMatcher(root, entries))
     out += _figures(card, path.parent, root)
     out += _inputs(card, root)
+    out += manifest_problems(card, root)
     out += _lock(card, root)
     out += release_problems(card, root, entries)
     out += execution_problems(card, entries) + headline_problems(card, root)
@@ -234,11 +242,16 @@ def _git_commit(card: dict[str, Any], root: Path) -> list[str]:
     )
 
 
-def _chain_head(card: dict[str, Any], entries: list[dict[str, Any]]) -> list[str]:
-    """The card's chain head is in the trail, and no later run changed what the card describes.
+def _chain_head(card: dict[str, Any], entries: list[dict[str, Any]], runs: RunMatcher) -> list[str]:
+    """The card's chain head is in the trail, and the outputs present are those the card describes.
 
-    A stage run after the card that reproduced, bit for bit, the outputs the trail recorded for that
-    stage up to the card (a fresh clone's `dvc repro`, say) leaves the card valid.
+    The card describes, per stage, its latest successful run up to the chain head. Where a stage's
+    present outputs match a recorded run (`pathtrail.review.runs`), that run must have the outputs
+    the card describes: outputs DVC restored from its run-cache after a later experiment keep the
+    card valid, outputs of another run do not. Where they match none (the artifacts check says why),
+    no run after the chain head may have changed what the card describes; one that reproduced the
+    same outputs bit for bit (a fresh clone's `dvc repro`, say) leaves the card valid.
+    Tested in tests/unit/test_verify.py and tests/unit/test_verify_runcache.py.
     """
     head = get(card, "audit.chain_head")
     hashes = [e.get("entry_hash") for e in entries]
@@ -250,23 +263,42 @@ def _chain_head(card: dict[str, Any], entries: list[dict[str, Any]]) -> list[str
     if get(card, "audit.chain_head_seq") != entries[cut - 1].get("seq"):
         return [(f"card field audit.chain_head_seq = {get(card, 'audit.chain_head_seq')} but the entry with hash "
                  f"{str(head)[:12]}… is seq {entries[cut - 1].get('seq')}")]
-    described: dict[str, Any] = {}
+    described: dict[str, dict[str, Any]] = {}
     for e in entries[:cut]:
         if e.get("action") == "end" and e.get("outcome") == "ok":
-            described[e.get("stage")] = e.get("outputs")
-    out = []
-    for e in entries[cut:]:
-        stage = e.get("stage")
-        if stage == CARD_STAGE or e.get("action") != "end" or e.get("outcome") != "ok":
+            described[str(e.get("stage"))] = e
+    out, judged = [], set()
+    for stage, end in sorted(described.items()):
+        match = runs.match(stage) if stage != CARD_STAGE else None
+        if match is None or match.run is None:
             continue
-        if e.get("outputs") is not None and e.get("outputs") == described.get(stage):
+        judged.add(stage)
+        if match.run.outputs == end.get("outputs"):
+            continue
+        if match.run.seq > _seq(end):
+            out.append(_stale(stage, match.run.end))
+        else:
+            out.append(f"the card describes stage {stage}'s run seq {end.get('seq')}, but the workspace holds the "
+                       f"outputs of its {match.run.label}: the card does not describe the present artifacts; "
+                       "rebuild it (`dvc repro model_card`)")
+    for e in entries[cut:]:
+        stage = str(e.get("stage"))
+        if stage == CARD_STAGE or stage in judged or e.get("action") != "end" or e.get("outcome") != "ok":
+            continue
+        if e.get("outputs") is not None and e.get("outputs") == (described.get(stage) or {}).get("outputs"):
             continue  # reproduced the very outputs the card describes
-        out.append(
-            f"the audit trail records a run of stage {stage} (seq {e.get('seq')}) after the card's "
-            "chain head whose outputs differ from those the card describes: the card is out of "
-            "date; rerun `dvc repro`"
-        )
+        out.append(_stale(stage, e))
     return out
+
+
+def _stale(stage: str, end: dict[str, Any]) -> str:
+    return (f"the audit trail records a run of stage {stage} (seq {end.get('seq')}) after the card's chain head "
+            "whose outputs differ from those the card describes: the card is out of date; rerun `dvc repro`")
+
+
+def _seq(entry: dict[str, Any]) -> int:
+    seq = entry.get("seq")
+    return seq if isinstance(seq, int) and not isinstance(seq, bool) else -1
 
 
 def _figures(card: dict[str, Any], folder: Path, root: Path) -> list[str]:

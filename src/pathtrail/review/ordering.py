@@ -5,15 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 
-def threshold_order_problems(entries: list[dict[str, Any]]) -> list[str]:
-    """The latest successful evaluate run has a `threshold_locked` entry between its start and its
-    end, holding the threshold its end entry (and so metrics/eval.json) reports, and a
-    `criteria_locked` entry (the release criteria) before its end."""
+def threshold_order_problems(entries: list[dict[str, Any]], end: dict[str, Any] | None = None) -> list[str]:
+    """The evaluate run that ends with `end` (by default the latest successful one; `verify` passes
+    the run whose outputs are present, see `pathtrail.review.runs`) has a `threshold_locked` entry
+    between its start and its end, holding the threshold its end entry (and so metrics/eval.json)
+    reports, and a `criteria_locked` entry (the release criteria) before its end."""
     ends = [e for e in entries if e.get("stage") == "evaluate" and e.get("action") == "end"
             and e.get("outcome") == "ok"]
     if not ends:
         return []
-    end = ends[-1]
+    end = end if end is not None else ends[-1]
     run = [e for e in entries if e.get("run_id") == end.get("run_id") and e.get("stage") == "evaluate"]
     locks = [e for e in run if e.get("action") == "threshold_locked"]
     where = f"evaluate run seq {end.get('seq')}"
