@@ -124,3 +124,34 @@ def test_a_manifest_outside_the_data_root_is_a_dvc_dependency(tmp_path):
     assert dvc("status", "--json").strip() == "{}"
     (tmp_path / "meta/internal.csv").write_text("path,label\na.png,1\n", encoding="utf-8")
     assert "meta/internal.csv" in dvc("status", "--json")
+
+
+def test_the_readmes_exp_show_command_gives_a_readable_table(tmp_path, tmp_path_factory):
+    """The README's `dvc exp show` line, on a pipeline tree with the headline metric: the kept
+    headline columns, no dependency hashes, within a 200-column terminal."""
+    import re
+    import shlex
+
+    from fake_pipeline import fake_tree
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8").replace("\\\n", " ")
+    line = next(raw for raw in text.splitlines() if raw.startswith("dvc exp show --only-changed"))
+    args = shlex.split(line.split("    #")[0])[1:]
+    assert "--keep" in args and "--drop" in args
+    tree = fake_tree(tmp_path / "repo", tmp_path_factory)
+    done = subprocess.run([sys.executable, "-m", "dvc", *args, "--no-pager", "--csv"], check=False, cwd=tree,
+                          capture_output=True, text=True, timeout=120, env={**os_environ(), "COLUMNS": "200"})
+    assert done.returncode == 0, done.stderr
+    header = done.stdout.splitlines()[0].split(",")
+    assert {"status", "internal_test.auroc", "external.auroc", "compile_check.passed"} <= set(header)
+    assert not [h for h in header if "/" in h] and len(header) <= 15
+    table = subprocess.run([sys.executable, "-m", "dvc", *args, "--no-pager"], check=False, cwd=tree,
+                           capture_output=True, text=True, timeout=120, env={**os_environ(), "COLUMNS": "200"})
+    assert "…" not in table.stdout and max(len(x) for x in table.stdout.splitlines()) <= 200
+    assert re.search(r"RELEASE CANDIDATE|DRAFT|EXPERIMENT", table.stdout)
+
+
+def os_environ() -> dict[str, str]:
+    import os
+
+    return {k: v for k, v in os.environ.items() if k != "COLUMNS"} | {"DVC_NO_ANALYTICS": "1"}
