@@ -1,8 +1,15 @@
-"""Shared fixtures: the repo root, small params, and an isolated audit trail per test."""
+"""Shared fixtures: the repo root, small params, and an isolated audit trail per test.
+
+Tests are hermetic: a `dvc exp run` rewrites the workspace's params.yaml, dvc.lock and artifacts, so
+a test that opens them passes or fails with the last experiment. An audit hook (below) fails any
+test that opens one of them from the test process, unless the test is marked
+`@pytest.mark.workspace` (it is about the workspace itself, like the params-drift check).
+"""
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,8 +19,59 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
+# What `dvc repro` / `dvc exp run` write in the workspace (test_dvc_yaml checks dvc.yaml's outs lie here).
+WORKSPACE_OUTPUTS = ("params.yaml", "dvc.lock", "audit", "data", "models", "metrics", "plots", "predictions",
+                     "reports", "model_cards")
+_GUARDED = tuple(str(REPO / name) for name in WORKSPACE_OUTPUTS)
+_opened: list[str] = []
+
+
+def _watch_workspace(event: str, args: tuple) -> None:
+    if event != "open" or not isinstance(args[0], (str, bytes, os.PathLike)):
+        return  # an open by file descriptor names no path
+    path = os.path.abspath(os.fsdecode(args[0]))
+    if path.startswith(_GUARDED) and any(path == g or path.startswith(g + os.sep) for g in _GUARDED):
+        _opened.append(path)
+
+
+sys.addaudithook(_watch_workspace)  # lives as long as the process; it only records
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "workspace: reads the workspace's params.yaml or artifacts on purpose")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item):
+    _opened.clear()
+    return _hermetic(item, (yield))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    _opened.clear()
+    return _hermetic(item, (yield))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item):
+    _opened.clear()
+    return _hermetic(item, (yield))
+
+
+def _hermetic(item, result):
+    opened = sorted({os.path.relpath(p, REPO) for p in _opened})
+    if opened and item.get_closest_marker("workspace") is None:
+        pytest.fail(f"the test opened the workspace's {', '.join(opened)}, which a `dvc exp run` rewrites: build "
+                    "what it needs in tmp_path (conftest.tiny_params, fake_pipeline) or mark it "
+                    "@pytest.mark.workspace", pytrace=False)
+    return result
+
 
 def pytest_collection_modifyitems(config, items):
+    if _opened:  # a test module read the workspace when it was imported
+        raise pytest.UsageError(f"collecting the tests opened {sorted(set(_opened))}: tests must not read the "
+                                "workspace's params.yaml or artifacts")
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")
@@ -24,8 +82,11 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(autouse=True)
 def _isolated_trail(tmp_path, monkeypatch):
-    """No test ever appends to the repository's own audit trail."""
+    """No test ever appends to the repository's own audit trail, and none runs in the workspace:
+    defaults such as `--params params.yaml` and the git state a stage records (`git_state(".")`)
+    resolve in tmp_path, not in a checkout that the last `dvc exp run` rewrote."""
     monkeypatch.setenv("PATHTRAIL_AUDIT_TRAIL", str(tmp_path / "audit" / "trail.jsonl"))
+    monkeypatch.chdir(tmp_path)
 
 
 @pytest.fixture

@@ -143,6 +143,7 @@ def test_the_threshold_is_locked_in_the_trail_before_test_or_external_is_opened(
     from pathtrail.pipeline import evaluate
 
     trail = tmp_path / "trail.jsonl"
+    monkeypatch.chdir(pipeline)  # the stage's default paths are the pipeline's
     monkeypatch.setenv("PATHTRAIL_AUDIT_TRAIL", str(trail))
     opened, real = [], evaluate.read_table
 

@@ -67,7 +67,9 @@ def stage_args(params: Path, out: Path, trail: Path | None = None) -> list[str]:
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests")]), **extra)
+    # This checkout's src first: the instrumented stage imports pathtrail before `stages` can put it
+    # there, and the editable install may point at another checkout.
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "src"), str(REPO), str(REPO / "tests")]), **extra)
     env.pop("LOCAL_RANK", None)
     env.pop("WORLD_SIZE", None)
     return env

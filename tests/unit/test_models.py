@@ -9,12 +9,11 @@ from collections import OrderedDict
 
 import pytest
 import torch
-import yaml
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from conftest import REPO, tiny_params, write_params
+from conftest import tiny_params, write_params
 from pathtrail.config.loading import ParamsError, load_section
 from pathtrail.config.sections import ModelParams
 from pathtrail.core.errors import PathTrailError
@@ -257,8 +256,8 @@ def test_unsupported_architecture_fails_before_training(monkeypatch):
         build_model("resnet34", 2, gradient_checkpointing=True)
 
 
-def test_param_is_explicit_in_params(tmp_path):
-    committed = yaml.safe_load((REPO / "params.yaml").read_text())["model"]
+def test_param_is_explicit_in_params(tmp_path, repo_params):
+    committed = repo_params["model"]
     assert committed["gradient_checkpointing"] is False
     path = write_params(tmp_path, tiny_params(tmp_path, **{"model.gradient_checkpointing": True}))
     assert load_section(path, "model", ModelParams).gradient_checkpointing is True

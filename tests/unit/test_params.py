@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
+import subprocess
 
 import pytest
 import yaml
@@ -13,13 +15,53 @@ from pathtrail.config.loading import ParamsError, from_dict, load_section
 from pathtrail.config.sections import DataParams, EvalParams, ModelParams, StainParams, TrainParams
 
 
+def params_drift(composed: str, workspace: str, committed: str | None) -> str | None:
+    """Why params.yaml is not the composition of pipelines/, or None when it is.
+
+    Either the workspace's params.yaml or the committed one must be it, byte for byte: a
+    `dvc exp run -S ...` rewrites the workspace's with its overrides (then the committed one still
+    is the composition), while an edit of pipelines/ without `make params` leaves neither."""
+    texts = [workspace] + ([committed] if committed is not None else [])
+    if composed in texts:
+        return None
+    if any(yaml.safe_load(text) == yaml.safe_load(composed) for text in texts):
+        return f"params.yaml is not byte-identical to the composition of pipelines/; regenerate with {REGENERATE}"
+    return ("params.yaml is out of date with pipelines/ (neither the workspace's nor the committed one is their "
+            f"composition); regenerate with {REGENERATE}")
+
+
+def committed_file(path: str) -> str | None:
+    """The file as HEAD has it (`git show HEAD:path`), or None outside a git checkout."""
+    shown = subprocess.run(["git", "-C", str(REPO), "show", f"HEAD:{path}"], capture_output=True, text=True,
+                           timeout=60, check=False)
+    return shown.stdout if shown.returncode == 0 else None
+
+
+@pytest.mark.workspace
 def test_params_yaml_is_the_composition_of_pipelines():
-    composed = compose_params(REPO / "pipelines")
-    committed = (REPO / "params.yaml").read_text()
-    assert yaml.safe_load(composed) == yaml.safe_load(committed), (
-        f"params.yaml is out of date with pipelines/. Regenerate it: {REGENERATE}"
-    )
-    assert composed == committed, f"params.yaml is not byte-identical to the composition; run {REGENERATE}"
+    problem = params_drift(compose_params(REPO / "pipelines"), (REPO / "params.yaml").read_text(),
+                           committed_file("params.yaml"))
+    assert problem is None, problem
+
+
+def test_params_drift_catches_a_pipelines_edit_but_not_an_experiment(tmp_path):
+    shutil.copytree(REPO / "pipelines", tmp_path / "pipelines")
+    composed = compose_params(tmp_path / "pipelines")
+    experiment = compose_params(tmp_path / "pipelines", ["train.epochs=1", "eval.n_bootstrap=100"])
+    assert experiment != composed
+    assert params_drift(composed, composed, composed) is None
+    assert params_drift(composed, experiment, composed) is None  # after `dvc exp run -S ...`
+    assert params_drift(composed, composed, None) is None  # no git: the workspace's must be it
+    with (tmp_path / "pipelines/config.yaml").open("a") as config:
+        config.write("\ndrift_probe:\n  value: 1\n")  # an edit of pipelines/ without `make params`
+    edited = compose_params(tmp_path / "pipelines")
+    assert yaml.safe_load(edited)["drift_probe"] == {"value": 1}
+    for workspace in (composed, experiment):
+        problem = params_drift(edited, workspace, composed)
+        assert problem is not None and "regenerate with make params" in problem
+    assert params_drift(edited, experiment, None) is not None
+    reformatted = yaml.safe_dump(yaml.safe_load(composed), sort_keys=True)
+    assert "not byte-identical" in params_drift(composed, reformatted, reformatted)
 
 
 @pytest.mark.parametrize("profile", ["production", "fast", "benchmark"])

@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from conftest import write_params
 from pathtrail.cli.validate import validate_command
 from pathtrail.data.images import inspect_file, tissue_fraction
 from pathtrail.data.validation import Cohort, Rules, validate_cohorts
@@ -377,12 +378,12 @@ def test_data_root_option_and_default(corpus, capsys, tmp_path):
     find(report, "data_root_missing")
 
 
-def test_classes_come_from_params_or_options(corpus, capsys, tmp_path):
+def test_classes_come_from_params_or_options(corpus, capsys, tmp_path, repo_params):
     rc = validate_command(corpus.args())
     err = capsys.readouterr().err
     assert rc == 2 and "--classes" in err and "Traceback" not in err
-    repo_params = Path(__file__).resolve().parents[2] / "params.yaml"
-    (tmp_path / "params.yaml").write_text(repo_params.read_text())  # classes benign, tumour; 64 px
+    assert repo_params["data"]["classes"] == ["benign", "tumour"] and repo_params["data"]["patch_size"] == 64
+    write_params(tmp_path, repo_params)  # the committed params, as a fresh clone has them
     rc = validate_command([*corpus.args(), "--min-per-class", "2", "--json"])
     report = json.loads(capsys.readouterr().out)
     assert rc == 1 and report["rules"]["patch_size"] == 64  # our 16 px patches: wrong size
