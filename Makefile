@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export DVC_NO_ANALYTICS := 1
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup params repro test test-slow test-all verify verify-release bench lint clean-venv
+.PHONY: setup params repro test test-slow test-all verify verify-release push pull bench lint clean-venv
 
 setup: $(STAMP)
 
@@ -36,6 +36,16 @@ verify: $(STAMP)            ## check card, artifacts, dvc.lock and audit trail a
 
 verify-release: $(STAMP)    ## also require a valid signature by a key in keys/trusted/
 	$(BIN)/pathtrail verify --release
+
+# DVC remote for push / pull: REMOTE=name, else .dvc/config's core.remote (README, "Sharing artifacts")
+REMOTE ?=
+DVC_REMOTE = $(if $(REMOTE),-r $(REMOTE))
+
+push: $(STAMP)              ## upload the DVC-tracked outputs and data of this checkout to the remote
+	$(BIN)/dvc push $(DVC_REMOTE)
+
+pull: $(STAMP)              ## download them (no stage runs; then `make verify`)
+	$(BIN)/dvc pull $(DVC_REMOTE)
 
 bench: $(STAMP)             ## benchmarks; results go to bench/results/
 	$(BIN)/python bench/stain.py
