@@ -204,3 +204,6 @@ def test_the_card_must_exist(repo, capsys):
     assert (code, out) == (1, "") and "--card model_cards/nope.json: no such file" in err
     code, _, err = reproduce(repo.parent / "tmp", capsys)
     assert code == 1 and "not the root of a DVC repository" in err
+    (repo / "sub/.dvc").mkdir(parents=True)
+    code, _, err = reproduce(repo / "sub", capsys)
+    assert code == 1 and "not the top folder of a git repository" in err

@@ -263,6 +263,10 @@ def reproduce(root: Path, card_arg: str | None, *, jobs: int | None = None, keep
     """Run the card's commit again in a temporary worktree and compare; see the module docstring."""
     if not (root / ".dvc").is_dir():
         raise PathTrailError(f"{root}: not the root of a DVC repository; run from the repository root")
+    prefix = rerun.git(root, "rev-parse", "--show-prefix")
+    if prefix.returncode or prefix.stdout.strip():
+        raise PathTrailError(f"{root}: not the top folder of a git repository; `pathtrail reproduce` "
+                             "checks out the card's commit, so run it at the repository root")
     card, card_rel = load_card(select_card(root, card_arg), root)
     commit = get(card, "provenance.git_commit")
     if rerun.git(root, "cat-file", "-t", commit).stdout.strip() != "commit":

@@ -144,13 +144,18 @@ def repro(run: Rerun, env: dict[str, str], on_stage: Callable[[str], None] | Non
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         assert proc.stdout is not None
         lines: list[str] = []
-        for line in proc.stdout:
-            log.write(line)
-            lines.append(line.rstrip("\n"))
-            if m := _RUNNING.match(line):
-                stages.append(m.group(1))
-                if on_stage:
-                    on_stage(m.group(1))
+        try:
+            for line in proc.stdout:
+                log.write(line)
+                lines.append(line.rstrip("\n"))
+                if m := _RUNNING.match(line):
+                    stages.append(m.group(1))
+                    if on_stage:
+                        on_stage(m.group(1))
+        except BaseException:  # Ctrl-C, a closed pipe: stop the run before its folder is removed
+            proc.terminate()
+            proc.wait()
+            raise
         code = proc.wait()
     if code:
         raise PathTrailError(_failure(run, code, lines, stages))
