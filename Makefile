@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export DVC_NO_ANALYTICS := 1
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup params repro test test-slow test-all verify verify-release bench lint clean-venv
+.PHONY: setup params repro test test-slow test-all verify verify-release push pull bench lint clean-venv
 
 setup: $(STAMP)
 
@@ -25,7 +25,7 @@ repro: $(STAMP)             ## run the whole pipeline (dvc repro)
 test: $(STAMP)              ## the default suite (no slow or GPU tests)
 	$(BIN)/python -m pytest -q -m "not slow and not gpu"
 
-test-slow: $(STAMP)         ## the slow tests only (CI runs them after `make test`; about 1 min)
+test-slow: $(STAMP)         ## the slow tests only (CI runs them after `make test`; about 6 min on 2 cores)
 	$(BIN)/python -m pytest -q -m "slow and not gpu"
 
 test-all: $(STAMP)          ## everything, slow tests included (GPU tests skip without CUDA)
@@ -36,6 +36,16 @@ verify: $(STAMP)            ## check card, artifacts, dvc.lock and audit trail a
 
 verify-release: $(STAMP)    ## also require a valid signature by a key in keys/trusted/
 	$(BIN)/pathtrail verify --release
+
+# DVC remote for push / pull: REMOTE=name, else .dvc/config's core.remote (README, "Sharing artifacts")
+REMOTE ?=
+DVC_REMOTE = $(if $(REMOTE),-r $(REMOTE))
+
+push: $(STAMP)              ## upload the DVC-tracked outputs and data of this checkout to the remote
+	$(BIN)/dvc push $(DVC_REMOTE)
+
+pull: $(STAMP)              ## download them (no stage runs; then `make verify`)
+	$(BIN)/dvc pull $(DVC_REMOTE)
 
 bench: $(STAMP)             ## benchmarks; results go to bench/results/
 	$(BIN)/python bench/stain.py

@@ -1,4 +1,4 @@
-"""The `pathtrail` command: `validate`, `verify`, `trail`, `keygen` and `sign`.
+"""The `pathtrail` command: `validate`, `verify`, `trail`, `reproduce`, `keygen` and `sign`.
 
 `main(argv)` returns the exit status (the console script calls `sys.exit(main())`). User errors are
 one clear message on stderr and a non-zero status, never a traceback.
@@ -45,8 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--stage", default=None, help="only this stage's entries")
     t.add_argument("--json", action="store_true", help="raw entries as JSON lines")
+    from pathtrail.cli.reproduce import add_parser
     from pathtrail.cli.sign import add_parsers
 
+    add_parser(sub)
     add_parsers(sub)
     return parser
 
@@ -61,10 +63,12 @@ def main(argv: list[str] | None = None) -> int:
         except SystemExit as exc:  # argparse has printed usage or help
             return exc.code if isinstance(exc.code, int) else USAGE_ERROR
         _quiet_logging()
+        from pathtrail.cli.reproduce import reproduce_command
         from pathtrail.cli.sign import keygen_command, sign_command
 
         command: Callable[[argparse.Namespace], int] = {
             "verify": _verify, "trail": _trail, "keygen": keygen_command, "sign": sign_command,
+            "reproduce": reproduce_command,
         }[args.command]
         return command(args)
     except PathTrailError as exc:

@@ -58,18 +58,9 @@ def keygen_command(args: argparse.Namespace) -> int:
 
 
 def _card(root: Path, card: str | None) -> Path:
-    from pathtrail.review.release import card_files
+    from pathtrail.review.release import select_card
 
-    if card:
-        path = Path(card) if Path(card).is_absolute() else root / card
-        if not path.is_file():
-            raise PathTrailError(f"--card {card}: no such card")
-        return path
-    cards = card_files(root)
-    if len(cards) != 1:
-        names = ", ".join(p.name for p in cards) or "none"
-        raise PathTrailError(f"model_cards/: {len(cards)} cards ({names}); name one with --card")
-    return cards[0]
+    return select_card(root, card)
 
 
 def sign_command(args: argparse.Namespace) -> int:

@@ -44,6 +44,23 @@ def card_files(root: Path) -> list[Path]:
     return sorted(p for p in (root / "model_cards").glob("*.json") if not p.name.endswith(SIG_SUFFIX))
 
 
+def select_card(root: Path, given: str | None) -> Path:
+    """The card a command works on: `--card` (relative to the repository root) or the only one."""
+    if given:
+        path = Path(given) if Path(given).is_absolute() else root / given
+        if not path.is_file():
+            raise PathTrailError(f"--card {given}: no such file (cards are model_cards/NAME.json)")
+        return path
+    cards = card_files(root)
+    if not cards:
+        raise PathTrailError(f"no model card in {root / 'model_cards'}; run `make repro` to make "
+                             "one, or pass --card model_cards/NAME.json")
+    if len(cards) > 1:
+        names = ", ".join(c.relative_to(root).as_posix() for c in cards)
+        raise PathTrailError(f"several model cards ({names}); pick one with --card")
+    return cards[0]
+
+
 def signature_path(card: Path) -> Path:
     return card.with_name(card.stem + SIG_SUFFIX)
 
