@@ -155,3 +155,17 @@ def os_environ() -> dict[str, str]:
     import os
 
     return {k: v for k, v in os.environ.items() if k != "COLUMNS"} | {"DVC_NO_ANALYTICS": "1"}
+
+
+def test_the_loader_workers_can_come_from_the_environment(monkeypatch):
+    """`pathtrail reproduce --jobs N` sets PATHTRAIL_NUM_WORKERS; every stage takes it as runtime.num_workers."""
+    from pathtrail.core.errors import PathTrailError
+    from pathtrail.pipeline.stagekit import with_runtime_overrides
+
+    params = committed_params()
+    monkeypatch.setenv("PATHTRAIL_NUM_WORKERS", "3")
+    changed = with_runtime_overrides(params)
+    assert runtime_of(changed).num_workers == 3 and result_params(changed) == result_params(params)
+    monkeypatch.setenv("PATHTRAIL_NUM_WORKERS", "many")
+    with pytest.raises(PathTrailError, match="PATHTRAIL_NUM_WORKERS='many': must be an integer"):
+        with_runtime_overrides(params)

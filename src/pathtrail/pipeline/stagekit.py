@@ -7,6 +7,7 @@ import dataclasses
 import functools
 import inspect
 import logging
+import os
 import signal
 import sys
 import threading
@@ -17,7 +18,7 @@ from typing import Any, TypeVar
 
 import structlog
 
-from pathtrail.config.loading import parse_section, read_params
+from pathtrail.config.loading import ParamsFile, parse_section, read_params
 from pathtrail.config.sections import ExecutionParams, runtime_of
 from pathtrail.core.errors import PathTrailError
 from pathtrail.core.execution import enforce
@@ -62,7 +63,7 @@ def stage_main(name: str, module: ModuleType) -> Callable[[list[str] | None], No
     @entrypoint(name)
     def main(argv: list[str] | None = None) -> None:
         args, paths = parse_stage_args(name, module.__doc__, module.Paths, argv)
-        params = stage_params(args)
+        params = with_runtime_overrides(stage_params(args))
         apply_run_context(params)
         accepted = inspect.signature(module.run).parameters
         extra: dict[str, Any] = {}
@@ -73,6 +74,28 @@ def stage_main(name: str, module: ModuleType) -> Callable[[list[str] | None], No
         module.run(params, paths, trail=args.trail, **extra)
 
     return main
+
+
+# Runtime knobs a caller may set from the environment (e.g. `pathtrail reproduce --jobs N`): they
+# change no result, so they may differ from params.yaml without making the run another one.
+RUNTIME_ENV = {"PATHTRAIL_NUM_WORKERS": "num_workers"}
+
+
+def with_runtime_overrides(params: dict[str, Any]) -> dict[str, Any]:
+    """`params` with the runtime knobs set in the environment (RUNTIME_ENV) applied."""
+    runtime = dict(params.get("runtime") or {})
+    for var, key in RUNTIME_ENV.items():
+        value = os.environ.get(var)
+        if value is None:
+            continue
+        try:
+            runtime[key] = int(value)
+        except ValueError:
+            raise PathTrailError(f"environment variable {var}={value!r}: must be an integer "
+                                 f"(it sets runtime.{key})") from None
+    if not runtime:
+        return params
+    return ParamsFile({**params, "runtime": runtime}, getattr(params, "source", "params.yaml"))
 
 
 def apply_run_context(params: dict[str, Any]) -> None:

@@ -26,8 +26,8 @@ from pathlib import Path
 from pathtrail.core.errors import PathTrailError
 
 USER_CACHE_REMOTE = "pathtrail-user-cache"
-# TODO(runtime section): the stages should read this as an override of `runtime.num_workers`;
-# until they do, `--jobs` only reaches the environment (a runtime knob: no result depends on it).
+# Every stage reads it as `runtime.num_workers` (`pathtrail.pipeline.stagekit.RUNTIME_ENV`): a
+# runtime knob, so no result depends on it.
 JOBS_ENV = "PATHTRAIL_NUM_WORKERS"
 LOG_NAME = "dvc-repro.log"
 _RUNNING = re.compile(r"^Running stage '([^']+)'")
