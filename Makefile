@@ -52,6 +52,7 @@ bench: $(STAMP)             ## benchmarks; results go to bench/results/
 	$(BIN)/python bench/evaluate.py
 	$(BIN)/python bench/validate.py
 	$(BIN)/python bench/train.py
+	$(BIN)/python bench/execution.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src stages tests bench
