@@ -24,6 +24,7 @@ import yaml
 
 from pathtrail.card.public import OUTSIDE, redact
 from pathtrail.card.values import get
+from pathtrail.config.loading import result_params
 from pathtrail.core.errors import PathTrailError
 from pathtrail.core.files import repo_path
 from pathtrail.core.hashing import sha256_path
@@ -35,7 +36,6 @@ from pathtrail.review.compare import numeric_delta
 from pathtrail.review.release import load_lock, select_card
 from pathtrail.review.sources import Expected
 
-RUNTIME_SECTION = "runtime"  # runtime knobs: no result depends on them, so they are not compared
 MAX_LISTED = 5
 IDENTICAL, DIFFERS, MISSING, UNCHECKED = "identical", "differs", "missing", "not checked"
 
@@ -191,8 +191,8 @@ def params_notes(card: dict[str, Any], params_text: str | None, root: Path) -> l
         commit_params = yaml.safe_load(params_text) or {}
     except yaml.YAMLError:
         return ["params: the commit's params.yaml is not readable YAML"]
-    ours = redact({k: v for k, v in commit_params.items() if k != RUNTIME_SECTION}, str(root.resolve()))
-    theirs = {k: v for k, v in (card.get("params") or {}).items() if k != RUNTIME_SECTION}
+    ours = redact(result_params(commit_params), str(root.resolve()))  # runtime knobs: never a result
+    theirs = result_params(card.get("params") or {})
     diffs = differences(theirs, ours, "params")
     if not diffs:
         return ["params: the commit's params.yaml equals the card's params"]
