@@ -33,7 +33,11 @@ def test_an_edited_execution_record_is_found(tree):
     card["environment"]["execution"]["stages"]["train"]["threads"] = 16
     write_json(card, tree / CARD_JSON)
     found = verify(tree, checks=("card",)).problems
-    assert any("card field environment.execution" in p and "audit trail's stage runs record" in p for p in found)
+    assert any("card field environment.execution" in p and "train.threads 16 (trail 1)" in p for p in found)
+    card["environment"]["execution"] = "honoured"
+    write_json(card, tree / CARD_JSON)
+    found = verify(tree, checks=("card",)).problems
+    assert any("card field environment.execution is str, not the per-stage record" in p for p in found)
 
 
 def test_an_edited_headline_is_found(tree):
@@ -43,3 +47,17 @@ def test_an_edited_headline_is_found(tree):
     write_json(doc, path)
     found = verify(tree, checks=("card",)).problems
     assert any("metrics/headline.json does not hold the card's values" in p for p in found)
+
+
+def test_a_runtime_knob_changed_after_the_card_keeps_verify_passing(tree):
+    """Runtime knobs change no result: the card, the trail and dvc.lock still agree with params.yaml."""
+    import yaml
+
+    params = yaml.safe_load((tree / "params.yaml").read_text())
+    params["runtime"]["num_workers"] = 0
+    params["runtime"]["log_level"] = "debug"
+    (tree / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert verify(tree).problems == []
+    params["train"]["epochs"] += 1  # a result param is still caught
+    (tree / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert any("train.epochs" in p for p in verify(tree, checks=("card",)).problems)

@@ -81,3 +81,10 @@ def test_validate_is_delegated_with_the_rest_of_the_arguments(monkeypatch):
     )
     assert main(["validate", "--internal", "a.csv", "--help"]) == 3
     assert seen == [["--internal", "a.csv", "--help"]]
+
+
+def test_verify_outside_a_repository_says_where_to_run_it(tmp_path, capsys):
+    (tmp_path / "sub").mkdir()
+    assert main(["verify", "--root", str(tmp_path / "sub")]) == 1
+    err = capsys.readouterr().err
+    assert "run `pathtrail verify` from the repository root" in err and "Traceback" not in err

@@ -169,3 +169,28 @@ def test_the_loader_workers_can_come_from_the_environment(monkeypatch):
     monkeypatch.setenv("PATHTRAIL_NUM_WORKERS", "many")
     with pytest.raises(PathTrailError, match="PATHTRAIL_NUM_WORKERS='many': must be an integer"):
         with_runtime_overrides(params)
+
+
+def test_bad_params_files_are_one_line_errors(tmp_path):
+    from pathtrail.config.loading import read_params
+
+    bad = {"unclosed.yaml": b"foo: [unclosed\n", "utf16.yaml": b"\xff\xfea\x00", "deep.yaml": b"[" * 100000}
+    for name, data in bad.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ParamsError, match="not readable as UTF-8 YAML"):
+            read_params(tmp_path / name)
+    with pytest.raises(ParamsError, match="not a regular file"):
+        read_params(tmp_path)
+    with pytest.raises(ParamsError, match="execution.threads"):
+        parse_section({"execution": {"threads": 100000, "cpu_isa": "avx2"}}, "execution", ExecutionParams)
+    with pytest.raises(ParamsError, match="runtime.num_workers"):
+        runtime_of({"runtime": {"num_workers": 99999}})
+
+
+def test_numpys_enable_list_in_the_shell_does_not_clash_with_the_pin(tmp_path):
+    (tmp_path / "params.yaml").write_text("execution:\n  threads: 1\n  cpu_isa: avx2\n", encoding="utf-8")
+    probe = "import sys; sys.argv[0] = '-m'; import stages, numpy; print('ok')"
+    done = subprocess.run([sys.executable, "-c", probe], check=False, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT),
+                                            "NPY_ENABLE_CPU_FEATURES": "AVX2"})
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr

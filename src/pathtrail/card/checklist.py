@@ -106,7 +106,8 @@ def checklist(card: dict[str, Any]) -> list[dict[str, Any]]:
             "workers (runtime knobs, in the audit trail) change no result",
         )
     )
-    execution = get(card, "environment.execution") or {}
+    execution = get(card, "environment.execution")
+    execution = execution if isinstance(execution, dict) and isinstance(execution.get("stages"), dict) else {}
     lapses = [f"{stage}: {'; '.join((rec or {}).get('problems') or ['lifted' if (rec or {}).get('lifted') else 'not recorded'])}"
               for stage, rec in sorted((execution.get("stages") or {}).items())
               if not (rec and rec.get("honoured") is True and rec.get("lifted") is False)]

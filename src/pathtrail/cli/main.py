@@ -102,6 +102,9 @@ def _verify(args: argparse.Namespace) -> int:
     root = Path(args.root)
     if not root.is_dir():
         raise PathTrailError(f"--root {args.root}: no such folder")
+    if not (root / "dvc.yaml").is_file() and not (root / "audit").is_dir():
+        raise PathTrailError(f"{root.resolve()} has no dvc.yaml and no audit/: run `pathtrail verify` from the "
+                             "repository root, or pass --root")
     for key in args.trusted_key:
         if not Path(key).is_file():
             raise PathTrailError(f"--trusted-key {key}: no such file")

@@ -50,11 +50,16 @@ class ParamsFile(dict):
 def read_params(path: str | Path = "params.yaml") -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
+        what = "not a regular file" if path.exists() else "not found"
         raise ParamsError(
-            f"{path}: not found. Run from the repository root, or regenerate it with `make params`."
+            f"{path}: {what}. Run from the repository root, or regenerate it with `make params`."
         )
-    with open(path, encoding="utf-8") as f:
-        data = yaml.safe_load(f) or {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as exc:
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise ParamsError(f"{path}: not readable as UTF-8 YAML ({first}). Regenerate it with `make params`.") from None
     if not isinstance(data, dict):
         raise ParamsError(f"{path}: expected a mapping at the top level")
     return ParamsFile(data, str(path))

@@ -115,7 +115,8 @@ class ExecutionParams:
     cpu_isa: Literal["avx2", "default", "native"]  # pinned CPU kernel level; native lifts the contract
 
     def check(self) -> None:
-        require(self.threads >= 0, "execution.threads", "must be >= 0 (0 = every core, not reproducible)")
+        require(0 <= self.threads <= 1024, "execution.threads",
+                "must be between 0 (every core, not reproducible) and 1024")
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,7 @@ class RuntimeParams:
     each stage's start entry in the audit trail records the values it ran with.
     """
 
-    num_workers: int          # data-loader worker processes (-1: one per usable core)
+    num_workers: int          # data-loader worker processes (-1: usable cores - 1, at most 8)
     prefetch_factor: int
     persistent_workers: bool
     pin_memory: bool
@@ -134,7 +135,8 @@ class RuntimeParams:
     log_level: Literal["debug", "info", "warning", "error"]
 
     def check(self) -> None:
-        require(self.num_workers >= -1, "runtime.num_workers", "must be >= 0, or -1 for one per core")
+        require(-1 <= self.num_workers <= 256, "runtime.num_workers",
+                "must be between 0 and 256, or -1 for the default (usable cores - 1, at most 8)")
         require(self.prefetch_factor >= 1, "runtime.prefetch_factor", "must be >= 1")
 
     @property

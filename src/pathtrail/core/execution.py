@@ -78,6 +78,8 @@ def apply_before_libraries(argv: Sequence[str]) -> dict[str, str]:
     params file sets the defaults; the stage itself reports the file's problem.
     """
     env = environment_for(_execution_section(_params_path(argv)))
+    if "NPY_DISABLE_CPU_FEATURES" in env:
+        os.environ.pop("NPY_ENABLE_CPU_FEATURES", None)  # numpy refuses both at once; the pin wins
     os.environ.update(env)
     os.environ["PATHTRAIL_EXECUTION_APPLIED"] = "1"
     return env
@@ -94,7 +96,7 @@ def _params_path(argv: Sequence[str]) -> Path:
 
 
 def _execution_section(path: Path) -> Mapping[str, Any] | None:
-    if not path.is_file() or path.stat().st_size > 1 << 20:  # never block on a FIFO or read a huge file
+    if not path.is_file() or path.stat().st_size > 64 << 20:  # never block on a FIFO or read a huge file
         return None
     try:
         import yaml

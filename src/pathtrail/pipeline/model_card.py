@@ -61,7 +61,12 @@ class Paths:
 
 def run(params: Mapping[str, Any], paths: Paths, *, trail: str | None = None,
         params_file: str = "params.yaml") -> dict[str, Any]:
-    """Build and write the card; returns the card JSON. `params_file` is hashed as an input."""
+    """Build and write the card; returns the card JSON.
+
+    The card records the params of `params_file` without its runtime knobs (`params`, compared key by
+    key by `verify`), not the file's bytes: a runtime knob changes no result, so it must not make the
+    card disagree with the file.
+    """
     card_params = parse_section(params, "card", CardParams)
     needed = [getattr(paths, k) for k in REQUIRED] + [card_params.intended_use]
     missing = [p for p in needed if not Path(p).is_file()]
@@ -79,7 +84,7 @@ def run(params: Mapping[str, Any], paths: Paths, *, trail: str | None = None,
         epochs = read_epochs(paths.epochs)
         with atomic_dir(out / "figures") as tmp:
             figure_hashes = collect_figures(paths, epochs, tmp)
-        inputs = read_inputs(paths, params, card_params, epochs, figure_hashes, entries, trail, params_file)
+        inputs = read_inputs(paths, params, card_params, epochs, figure_hashes, entries, trail)
         card, markdown = build_card(inputs)
         release = release_metrics(card)
         rec.record("release_criteria", **release)
@@ -120,13 +125,12 @@ def collect_figures(paths: Paths, epochs: list[dict[str, Any]], folder: Path) ->
 
 
 def read_inputs(paths: Paths, params: Mapping[str, Any], card: CardParams, epochs: list[dict[str, Any]],
-                figure_hashes: dict[str, str], entries: list[dict[str, Any]], trail: str | None,
-                params_file: str) -> CardInputs:
+                figure_hashes: dict[str, str], entries: list[dict[str, Any]], trail: str | None) -> CardInputs:
     root = str(Path.cwd())
     validation = read_json(paths.validation)
     lock_path = Path(paths.dvc_lock)
     lock = yaml.safe_load(lock_path.read_text(encoding="utf-8")) if lock_path.is_file() else None
-    files = [*(getattr(paths, k) for k in REQUIRED), card.intended_use, params_file]
+    files = [*(getattr(paths, k) for k in REQUIRED), card.intended_use]
     env = environment.environment() | {
         "env": {k: os.environ.get(k) for k in ("CUBLAS_WORKSPACE_CONFIG", "PYTHONHASHSEED")}
     }

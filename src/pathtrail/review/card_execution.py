@@ -9,6 +9,7 @@ from typing import Any
 from pathtrail.card.build import execution_record, normalise
 from pathtrail.card.headline import headline_metrics
 from pathtrail.card.values import get
+from pathtrail.review.card_release import show
 
 
 def described_entries(card: dict[str, Any], entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -25,10 +26,23 @@ def execution_problems(card: dict[str, Any], entries: list[dict[str, Any]]) -> l
     recorded = normalise(execution_record(described_entries(card, entries)))
     if recorded == shown:
         return []
-    said = shown.get("honoured") if isinstance(shown, dict) else None
-    lapsed = sorted(s for s, r in recorded["stages"].items() if not (r and r.get("honoured")))
-    return [f"card field environment.execution (honoured={said}) is not what the audit trail's stage runs "
-            f"record: honoured={recorded['honoured']}" + (f" (not honoured by {', '.join(lapsed)})" if lapsed else "")]
+    if not isinstance(shown, dict) or not isinstance(shown.get("stages"), dict):
+        return [(f"card field environment.execution is {type(shown).__name__}, not the per-stage record the audit "
+                f"trail gives (honoured={recorded['honoured']}); rebuild the card with `dvc repro -s model_card`")]
+    diffs = []
+    if shown.get("honoured") != recorded["honoured"]:
+        diffs.append(f"honoured {show(shown.get('honoured'))} (trail {recorded['honoured']})")
+    for stage in sorted(set(shown["stages"]) | set(recorded["stages"])):
+        was, now = shown["stages"].get(stage), recorded["stages"].get(stage)
+        if was == now:
+            continue
+        if not isinstance(was, dict) or not isinstance(now, dict):
+            diffs.append(f"{stage}: {show(was)} (trail {show(now)})")
+            continue
+        diffs += [f"{stage}.{k} {show(was.get(k))} (trail {show(now.get(k))})"
+                  for k in sorted(set(was) | set(now)) if was.get(k) != now.get(k)]
+    return ["card field environment.execution is not what the audit trail's stage runs record: "
+            + "; ".join(diffs[:5]) + (f" and {len(diffs) - 5} more" if len(diffs) > 5 else "")]
 
 
 def headline_problems(card: dict[str, Any], root: Path) -> list[str]:
