@@ -57,7 +57,7 @@ def tiny_params() -> dict:
     d = p["data"]
     d["demo"].update(patients_per_site=8, external_patients=8, patches_per_patient=6,
                      max_slides_per_patient=2)
-    d["num_workers"] = 0
+    p["runtime"]["num_workers"] = 0
     d["min_per_class"] = 2
     p["train"].update(epochs=1, batch_size=16)
     p["eval"]["n_bootstrap"] = 100
