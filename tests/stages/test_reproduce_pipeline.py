@@ -36,7 +36,7 @@ def test_a_fresh_run_of_the_cards_commit_is_identical(pipeline, capsys):
     out, err = capsys.readouterr()
     assert code == 0, out + err
     rows = table(out)
-    for name in ("models/model.pt", "metrics/eval.json", "data/raw/internal.csv", "params.yaml",
+    for name in ("models/model.pt", "metrics/eval.json", "data/raw/internal.csv",
                  "model_cards/figures/eval/roc_external.png", "data/store", "predictions"):
         assert rows[name][4] == "identical", name
     assert all(r[4] == "identical" for r in rows.values())
