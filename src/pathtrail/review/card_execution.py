@@ -9,14 +9,7 @@ from typing import Any
 from pathtrail.card.build import execution_record, normalise
 from pathtrail.card.headline import headline_metrics
 from pathtrail.card.values import get
-from pathtrail.review.card_release import show
-
-
-def described_entries(card: dict[str, Any], entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The trail as the card saw it: up to its chain head (all of it when the head is unknown)."""
-    hashes = [e.get("entry_hash") for e in entries]
-    head = get(card, "audit.chain_head")
-    return entries[: hashes.index(head) + 1] if head in hashes else entries
+from pathtrail.review.card_release import described_entries, show
 
 
 def execution_problems(card: dict[str, Any], entries: list[dict[str, Any]]) -> list[str]:

@@ -54,6 +54,13 @@ def _redacted(tree: Any) -> bool:
     return OUTSIDE in json.dumps(tree, ensure_ascii=False)
 
 
+def described_entries(card: dict[str, Any], entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The trail as the card saw it: up to its chain head (all of it when the head is unknown)."""
+    hashes = [e.get("entry_hash") for e in entries]
+    head = get(card, "audit.chain_head")
+    return entries[: hashes.index(head) + 1] if head in hashes else entries
+
+
 def release_problems(card: dict[str, Any], root: Path, entries: list[dict[str, Any]]) -> list[str]:
     """Recompute the criteria verdicts and the status from the card's own values (which the other
     checks tie to the files): an edited verdict or status is found even when rewritten consistently."""
@@ -79,9 +86,7 @@ def release_problems(card: dict[str, Any], root: Path, entries: list[dict[str, A
         out.append("card field release.results does not list exactly the criteria in its params")
     # What the card describes is the trail up to its chain head (later runs that reproduced the same
     # outputs, e.g. a fresh clone's `dvc repro`, are judged by the chain-head check).
-    hashes = [e.get("entry_hash") for e in entries]
-    head = get(card, "audit.chain_head")
-    described = entries[: hashes.index(head) + 1] if head in hashes else entries
+    described = described_entries(card, entries)
     locked = criteria_lock(described) or {}
     shown_lock = rel.get("locked_before_evaluation") or {}
     if any(shown_lock.get(k) != locked.get(k) for k in ("seq", "criteria_sha256")) \
