@@ -1,4 +1,4 @@
-"""The `pathtrail` command: `validate`, `verify`, `trail`, `reproduce`, `keygen` and `sign`.
+"""The `pathtrail` command (its commands, grouped by who uses them, are in `pathtrail.cli.commands`).
 
 `main(argv)` returns the exit status (the console script calls `sys.exit(main())`). User errors are
 one clear message on stderr and a non-zero status, never a traceback.
@@ -20,26 +20,26 @@ USAGE_ERROR = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from pathtrail.cli.commands import describe, overview
+
     parser = argparse.ArgumentParser(
-        prog="pathtrail", description="PathTrail: audit-grade training pipeline tools."
+        prog="pathtrail", usage="pathtrail [-h] [--version] COMMAND [options]",
+        description="PathTrail: audit-grade training pipeline tools.\n" + overview(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    sub.add_parser(
-        "validate",
-        add_help=False,
-        help="check cohort manifests and images (see `pathtrail validate --help`)",
-    )
-    v = sub.add_parser(
-        "verify",
-        help="recompute everything; exit 0 only when trail, artifacts, card and dvc.lock agree",
-    )
+    parser.add_argument("--version", action=_Version, nargs=0,
+                        help="the package version and, from a checkout, its git commit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, prog="pathtrail",
+                                help=argparse.SUPPRESS)
+    sub.add_parser("validate", add_help=False)
+    v = sub.add_parser("verify")
     v.add_argument("--root", default=".", help="repository root (default: the current folder)")
     v.add_argument("--release", action="store_true",
                    help="also require a valid signature by a trusted key on every card")
     v.add_argument("--trusted-key", action="append", default=[], metavar="PUB",
                    help="trust exactly this public key file (repeatable); keys/trusted/ in the "
                         "repository is then ignored")
-    t = sub.add_parser("trail", help="the audit trail as a readable timeline")
+    t = sub.add_parser("trail")
     t.add_argument(
         "--path", default="audit/trail.jsonl", help="trail file (default: audit/trail.jsonl)"
     )
@@ -50,12 +50,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_parser(sub)
     add_parsers(sub)
+    describe(sub)
     return parser
+
+
+class _Version(argparse.Action):
+    """`--version`: looks up the git commit only when asked (it costs a git call)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from pathtrail.cli.commands import version_text
+
+        sys.stdout.write(version_text() + "\n")
+        parser.exit()
 
 
 def main(argv: list[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     try:
+        if not args_list:  # a newcomer typing `pathtrail`: the command list, not just an error
+            build_parser().print_help(sys.stderr)
+            return USAGE_ERROR
         if args_list[:1] == ["validate"]:
             return _validate(args_list[1:])
         try:

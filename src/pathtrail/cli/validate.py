@@ -28,8 +28,10 @@ from pathtrail.data.validation import Cohort, Rules, validate_cohorts
 
 
 def _parser() -> argparse.ArgumentParser:
+    from pathtrail.cli.commands import epilog
+
     p = argparse.ArgumentParser(prog="pathtrail validate", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                epilog=epilog("validate"), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--internal", required=True, metavar="CSV", help="internal cohort manifest")
     p.add_argument("--external", metavar="CSV", help="external cohort manifest (optional)")
     p.add_argument("--data-root", metavar="DIR",
