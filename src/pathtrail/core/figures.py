@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -39,9 +41,38 @@ def image_grid(rows: Sequence[tuple[str, np.ndarray]], path: str | Path, titles:
                     ax.set_title(titles[c], fontsize=6)
             else:
                 ax.axis("off")
-        axes[r][0].set_ylabel(label, fontsize=7)
+        axes[r][0].set_ylabel(_fit_row_label(label, row_inches=1.4, fontsize=7), fontsize=7)
     fig.tight_layout()
     return save(fig, path)
+
+
+def _fit_row_label(label: str, row_inches: float, fontsize: float) -> str:
+    """Wrap a (vertical) row label so that each line fits the row's height."""
+    char_inches = 0.62 * fontsize / 72  # a generous average glyph width of the default font
+    return "\n".join(textwrap.wrap(label, max(8, int(0.9 * row_inches / char_inches)))) or label
+
+
+def texts_outside(fig: plt.Figure) -> list[str]:
+    """The texts of `fig` that are drawn but do not lie wholly inside the figure (cut off).
+
+    Titles, axis labels and legends are checked one by one; tick labels through the drawn
+    content's bounding box (matplotlib keeps undrawn labels for ticks beyond the axis limits)."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    box = fig.bbox
+    ticks = {id(t) for ax in fig.axes for axis in (ax.xaxis, ax.yaxis)
+             for t in axis.get_ticklabels(minor=False) + axis.get_ticklabels(minor=True)}
+
+    def outside(ext: Any) -> bool:  # a matplotlib Bbox, in display pixels
+        return ext.x0 < box.x0 - 0.5 or ext.y0 < box.y0 - 0.5 or ext.x1 > box.x1 + 0.5 or ext.y1 > box.y1 + 0.5
+
+    cut = [t.get_text() for t in fig.findobj(matplotlib.text.Text)
+           if id(t) not in ticks and t.get_visible() and t.get_text().strip()
+           and outside(t.get_window_extent(renderer))]
+    drawn = fig.get_tightbbox(renderer).transformed(fig.dpi_scale_trans)
+    if not cut and outside(drawn):
+        cut.append("<tick labels>")
+    return cut
 
 
 def line_plot(series: dict[str, tuple[Sequence[float], Sequence[float]]], path: str | Path, *,
