@@ -7,10 +7,13 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+from test_reporting_checklists import items, make_card
 from test_splits import table
 from test_validation import Corpus, find, run
 
 from fake_pipeline import committed_params
+from pathtrail.card.reporting import FILLED, MISSING, reporting_checklists
+from pathtrail.card.sections import training_data
 from pathtrail.config.loading import ParamsError, parse_section
 from pathtrail.config.sections import DataParams
 from pathtrail.data.splits import (
@@ -163,3 +166,18 @@ def test_the_checker_finds_values_crossing_a_crafted_leaking_split():
     with pytest.raises(SplitError, match="not disjoint: 1 patient_id value.*'P000'"):
         require_disjoint(leaked)
 
+
+# ------------------------------------------------------------------------------------------ card
+def test_the_card_cites_the_crossing_counts_and_refuses_a_leaking_split():
+    card = make_card()
+    card["data"]["split"]["grouping"] = {"crossing_splits": {"patient_id": 0, "slide_id": 0,
+                                                             "sha256": 0}}
+    disjoint = items(reporting_checklists(card), "CLAIM 2024")["20"]
+    assert disjoint["status"] == FILLED
+    assert {"card": "data.split.grouping.crossing_splits.sha256"} in disjoint["evidence"]
+    assert ("more than one split (patients, slides and identical images): patient\\_id 0, "
+            "sha256 0, slide\\_id 0.") in training_data(card)
+    card["data"]["split"]["grouping"]["crossing_splits"]["sha256"] = 1  # one image in two splits
+    assert items(reporting_checklists(card), "CLAIM 2024")["20"]["status"] == MISSING
+    del card["data"]["split"]["grouping"]  # a report from before the counts: patients alone
+    assert items(reporting_checklists(card), "CLAIM 2024")["20"]["status"] == FILLED
