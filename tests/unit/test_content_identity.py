@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import numpy as np
@@ -47,6 +48,7 @@ def test_identical_bytes_with_different_labels_is_an_error_naming_both_lines(cor
     assert "line 2 'internal/i0_0.png' (benign, patient 'iP0')" in problem["message"]
     assert "line 6 'internal/i2_0.png' (tumour, patient 'iP2')" in problem["message"]
     assert "different labels (benign, tumour)" in problem["message"]
+    assert not [p for p in report["errors"] if p["rule"] != "duplicate_content_labels"]
     # the conflict is an error even where the patients may be merged
     rc, report = run(corpus, capsys, "--duplicate-content", "merge")
     assert rc == 1
@@ -145,6 +147,23 @@ def test_over_many_seeds_copies_never_cross_splits():
                       for n, part in by_patient.items()}
         leaked_by_patient_only += bool(crossing_values(by_patient)["sha256"])
     assert leaked_by_patient_only >= 10
+
+
+def test_too_few_groups_per_class_counts_linked_patients_once():
+    data = table(n_patients=30, n_classes=2)
+    data = data[(data["label"] == 0) | data["patient_id"].isin(["P001", "P003", "P005"])]
+
+    def too_few(frame: pd.DataFrame) -> str:
+        try:
+            split_by_patient(frame, 0.2, 0.2, seed=7, classes=("benign", "tumour"))
+        except SplitError as exc:
+            return str(exc) if "too few patients per class" in str(exc) else ""
+        return ""
+
+    assert not too_few(data)  # three tumour patients
+    copy = data.index[data["patient_id"] == "P005"][0]
+    data.loc[copy, "sha256"] = data.loc[data["patient_id"] == "P003", "sha256"].iloc[0]
+    assert re.search(r"'tumour' \(2\).* 3 patient groups \(patients linked", too_few(data))
 
 
 def test_the_checker_finds_values_crossing_a_crafted_leaking_split():

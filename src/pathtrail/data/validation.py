@@ -186,9 +186,10 @@ def duplicate_content_problems(frame: pd.DataFrame, labels: pd.Series, scope: Sc
                            for i, name in list(zip(lines, names))[:_SHOW_COPIES])
         copies += f"; ... ({len(lines)} in all)" if len(lines) > _SHOW_COPIES else ""
         where = {"line": first, "column": "path", "file": frame.at[first, "path"]}
-        if len(set(names)) > 1:
+        valid = sorted({rules.classes[int(labels[i])] for i in lines if pd.notna(labels[i])})
+        if len(valid) > 1:  # an invalid label has its own error
             scope.add("error", "duplicate_content_labels", "identical image content with "
-                      f"different labels ({', '.join(sorted(set(names)))}): {copies}", "one image "
+                      f"different labels ({', '.join(valid)}): {copies}", "one image "
                       "has one label: correct the wrong label, or remove the copy that was filed "
                       "under the wrong patient or class", column="label",
                       **{k: v for k, v in where.items() if k != "column"})
