@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 from stages.split import main
 from test_validate_stage import setup
 
@@ -39,6 +41,9 @@ def test_writes_patient_disjoint_splits_and_report(tmp_path, validated):
     assert report["seed"] == 7 and report["test_fraction"] == 0.25
     assert report["splits"]["train"]["patients"] == len(patients[0])
     assert report["splits"]["test"]["classes"]["tumour"]["patients"] >= 1
+    assert report["grouping"] == {"keys": ["patient_id", "slide_id", "sha256"], "groups": 8,
+                                  "groups_with_several_patients": 0,
+                                  "crossing_splits": {"patient_id": 0, "slide_id": 0, "sha256": 0}}
     first = {n: Path(f"data/split/{n}.csv").read_bytes() for n in parts}
     main(validated)  # deterministic: same bytes again
     assert first == {n: Path(f"data/split/{n}.csv").read_bytes() for n in parts}
@@ -64,3 +69,33 @@ def test_rejects_an_edited_table(tmp_path, validated, capsys):
         main(validated)
     err = capsys.readouterr().err
     assert "line 6, column 'label'" in err and "validate stage" in err
+
+
+def test_an_image_under_two_patients_stops_validate_unless_merged_then_shares_a_split(
+        tmp_path, monkeypatch, capsys):
+    args = setup(tmp_path, monkeypatch, **{"data.split.val_fraction": 0.25,
+                                           "data.split.test_fraction": 0.25})
+    shutil.copyfile("raw/internal/iP0_0.png", "raw/internal/iP2_1.png")  # both benign
+    with pytest.raises(SystemExit) as info:
+        validate.main(args)
+    err = capsys.readouterr().err
+    assert info.value.code == 1 and "Traceback" not in err
+    assert "duplicate_content_patients" in err and "'internal/iP2_1.png'" in err
+    assert not Path("data/validated").exists()
+
+    args = setup(tmp_path, monkeypatch, **{"data.split.val_fraction": 0.25,
+                                           "data.split.test_fraction": 0.25,
+                                           "data.duplicate_content": "merge"})
+    shutil.copyfile("raw/internal/iP0_0.png", "raw/internal/iP2_1.png")
+    validate.main(args)
+    for seed in range(4):
+        params = yaml.safe_load(Path("params.yaml").read_text())
+        params["data"]["split"]["seed"] = seed
+        Path("params.yaml").write_text(yaml.safe_dump(params))
+        main(split_args(tmp_path))
+        homes = [n for n in ("train", "val", "test")
+                 if {"iP0", "iP2"} & set(read_table(f"data/split/{n}.csv")["patient_id"])]
+        assert len(homes) == 1, f"seed {seed}: the copies' patients are in {homes}"
+        report = json.loads(Path("reports/split.json").read_text())["grouping"]
+        assert report["groups"] == 7 and report["groups_with_several_patients"] == 1
+        assert report["crossing_splits"] == {"patient_id": 0, "slide_id": 0, "sha256": 0}

@@ -269,10 +269,16 @@ def _manifests(card: dict[str, Any], only: str | None) -> list[dict[str, Any]]:
 
 
 def _patient_disjoint(card: dict[str, Any]) -> list[dict[str, Any]]:
-    """Split patient counts that add up to the split cohort's patient count: no patient in two."""
+    """Split patient counts that add up to the split cohort's patient count: no patient in two;
+    and, where the split report counts them, no patient, slide or image found in two splits."""
     splits, table = get(card, "data.split.splits"), get(card, "data.split.table")
     if not isinstance(splits, dict) or not splits or not isinstance(table, str):
         return []
+    crossing = get(card, "data.split.grouping.crossing_splits")
+    if crossing is not None and not (isinstance(crossing, dict) and crossing
+                                     and all(_is_num(n, int) and n == 0 for n in crossing.values())):
+        return []
+    cited = [{"card": f"data.split.grouping.crossing_splits.{k}"} for k in sorted(crossing or {}, key=str)]
     base = table.rsplit("/", 1)[-1]
     cohorts = [(key, c) for key, c in _expand(card, "data.validation.cohorts.*")
                if isinstance(c, dict) and str(c.get("manifest", "")).rsplit("/", 1)[-1] == base]
@@ -283,7 +289,7 @@ def _patient_disjoint(card: dict[str, Any]) -> list[dict[str, Any]]:
     if not _is_num(cohort.get("patients"), int) or sum(counts) != cohort["patients"]:
         return []
     return [{"card": f"data.split.splits.{s}.patients"} for s in sorted(splits, key=str)] + [
-        {"card": f"{key}.patients"}]
+        {"card": f"{key}.patients"}] + cited
 
 
 def _stain_reference(card: dict[str, Any]) -> list[dict[str, Any]]:

@@ -152,6 +152,10 @@ def training_data(card: dict[str, Any]) -> str:
                 for n, s in splits.items()
             ],
         )
+    crossing = (split.get("grouping") or {}).get("crossing_splits")
+    if isinstance(crossing, dict):  # counted from the split tables by the split stage
+        out += "\nValues found in more than one split (patients, slides and identical images): " + ", ".join(
+            f"{md_inline(str(k))} {num(v)}" for k, v in sorted(crossing.items())) + ".\n"
     return out
 
 

@@ -46,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tissue-policy", choices=["warn", "reject"])
     p.add_argument("--min-tissue-fraction", type=float, metavar="F")
     p.add_argument("--min-per-class", type=int, metavar="N")
+    p.add_argument("--duplicate-content", choices=["error", "merge"],
+                   help="identical images under two patients: an error, or a warning with the "
+                        "patients kept in one split")
     p.add_argument("--workers", type=int, metavar="N", help="threads for the image checks")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--report", metavar="FILE",
@@ -73,7 +76,8 @@ def rules_from_args(args: argparse.Namespace) -> Rules:
         base["classes"] = classes
     options = {"patch_size": args.patch_size, "mode_policy": args.mode_policy,
                "size_policy": args.size_policy, "tissue_policy": args.tissue_policy,
-               "min_tissue_fraction": args.min_tissue_fraction, "min_per_class": args.min_per_class}
+               "min_tissue_fraction": args.min_tissue_fraction, "min_per_class": args.min_per_class,
+               "duplicate_content": args.duplicate_content}
     base.update({k: v for k, v in options.items() if v is not None})
     for key in ("patch_size", "min_per_class", "workers"):
         value = base.get(key) if key != "workers" else args.workers

@@ -91,6 +91,7 @@ class DataParams:
     min_tissue_fraction: float
     tissue_policy: Literal["warn", "reject"]
     min_per_class: int
+    duplicate_content: Literal["error", "merge"]
     split: SplitParams
 
     def check(self) -> None:

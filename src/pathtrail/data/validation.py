@@ -53,12 +53,14 @@ class Rules:
     min_tissue_fraction: float = 0.05
     tissue_policy: str = "warn"
     min_per_class: int = 5
+    duplicate_content: str = "error"  # identical images under two patients: error, or merge
 
     @classmethod
     def from_params(cls, data: Any) -> Rules:
         """From the `data` params section (`pathtrail.config.sections.DataParams`)."""
         return cls(tuple(data.classes), data.patch_size, data.mode_policy, data.size_policy,
-                   data.min_tissue_fraction, data.tissue_policy, data.min_per_class)
+                   data.min_tissue_fraction, data.tissue_policy, data.min_per_class,
+                   data.duplicate_content)
 
 
 @dataclass
@@ -155,13 +157,57 @@ def cohort_problems(frame: pd.DataFrame, labels: pd.Series, scope: Scope, rules:
                       f"{list_lines(group.index)})", "a slide belongs to one patient: fix the "
                       "patient_id or make slide ids unique (e.g. prefix them with the patient id)",
                       line=group.index.min(), column="slide_id")
+    duplicate_content_problems(frame, labels, scope, rules)
+
+
+_SHOW_COPIES = 5
+
+
+def duplicate_content_problems(frame: pd.DataFrame, labels: pd.Series, scope: Scope,
+                               rules: Rules) -> None:
+    """Identical bytes (sha256) on several lines: one image, so one label and one patient.
+
+    Different labels: an error. Different patients: an error, or with `duplicate_content=merge` a
+    warning (the split keeps every patient, slide and image linked this way in one split, see
+    `pathtrail.data.splits.split_groups`). Copies within one patient and label: a warning.
+    Tested in tests/unit/test_content_identity.py.
+    """
     sha = frame["sha256"].dropna()
-    for digest, group in sha.groupby(sha, sort=True):
-        if len(group) > 1:
+    for _, group in sha.groupby(sha, sort=True):
+        if len(group) < 2:
+            continue
+        lines = sorted(group.index)
+        first = lines[0]
+        names = [rules.classes[int(labels[i])] if pd.notna(labels[i]) else str(frame.at[i, "label"])
+                 for i in lines]
+        patients = sorted(set(frame.loc[lines, "patient_id"].dropna()))
+        copies = "; ".join(f"line {i} '{frame.at[i, 'path']}' ({name}, patient "
+                           f"'{frame.at[i, 'patient_id']}')"
+                           for i, name in list(zip(lines, names))[:_SHOW_COPIES])
+        copies += f"; ... ({len(lines)} in all)" if len(lines) > _SHOW_COPIES else ""
+        where = {"line": first, "column": "path", "file": frame.at[first, "path"]}
+        valid = sorted({rules.classes[int(labels[i])] for i in lines if pd.notna(labels[i])})
+        if len(valid) > 1:  # an invalid label has its own error
+            scope.add("error", "duplicate_content_labels", "identical image content with "
+                      f"different labels ({', '.join(valid)}): {copies}", "one image "
+                      "has one label: correct the wrong label, or remove the copy that was filed "
+                      "under the wrong patient or class", column="label",
+                      **{k: v for k, v in where.items() if k != "column"})
+        elif len(patients) > 1 and rules.duplicate_content == "error":
+            scope.add("error", "duplicate_content_patients", "identical image content under "
+                      f"{len(patients)} patients: {copies}", "remove the copy filed under the "
+                      "wrong patient, or fix its patient_id; if the patients really share these "
+                      "images, set data.duplicate_content: merge to keep them in one split",
+                      **where)
+        elif len(patients) > 1:
+            scope.add("warning", "duplicate_content_patients", "identical image content under "
+                      f"{len(patients)} patients, which the split keeps together "
+                      f"(data.duplicate_content: merge): {copies}", "remove the copies, or fix "
+                      "the patient_id of the misfiled ones", **where)
+        else:
             scope.add("warning", "duplicate_content", f"identical image content on lines "
                       f"{list_lines(group.index)}", "remove the copies; identical patches can leak "
-                      "between train and test", line=group.index.min(), column="path",
-                      file=frame.at[group.index.min(), "path"])
+                      "between train and test", **where)
 
 
 def cross_cohort_problems(frames: dict[str, pd.DataFrame], scopes: dict[str, Scope]) -> None:

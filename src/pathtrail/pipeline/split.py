@@ -1,4 +1,9 @@
-"""split: patient-grouped, label-stratified train/val/test tables from the validated table."""
+"""split: patient-grouped, label-stratified train/val/test tables from the validated table.
+
+The report's `grouping.crossing_splits` counts, per patient_id, slide_id and sha256, the values
+found in more than one of the written tables; the stage writes nothing unless all are 0
+(tests/unit/test_content_identity.py).
+"""
 
 from __future__ import annotations
 
@@ -14,7 +19,12 @@ from pathtrail.config.sections import DataParams
 from pathtrail.core.errors import PathTrailError
 from pathtrail.core.files import atomic_dir, read_table, write_csv, write_json
 from pathtrail.data.schemas import VALIDATED_COLUMNS, require_valid, validated_schema
-from pathtrail.data.splits import split_by_patient, split_summary
+from pathtrail.data.splits import (
+    grouping_summary,
+    require_disjoint,
+    split_by_patient,
+    split_summary,
+)
 from pathtrail.pipeline.stagekit import get_logger, path_option
 from pathtrail.provenance import audit
 
@@ -35,13 +45,14 @@ def run(params: Mapping[str, Any], paths: Paths, *, trail: str | None = None) ->
     with audit.stage("split", inputs=[paths.table], params=audit_params, trail=trail) as rec:
         table = read_validated(Path(paths.table), len(data.classes))
         splits = split_by_patient(table, split.val_fraction, split.test_fraction, split.seed, data.classes)
+        require_disjoint(splits)
         summary = split_summary(splits, data.classes)
         with atomic_dir(paths.out_dir) as tmp:
             for name, part in splits.items():
                 write_csv(part, tmp / f"{name}.csv")
         write_json({"seed": split.seed, "val_fraction": split.val_fraction,
                     "test_fraction": split.test_fraction, "table": Path(paths.table).as_posix(),
-                    "splits": summary}, paths.report)
+                    "grouping": grouping_summary(table, splits), "splits": summary}, paths.report)
         rec.note(**{f"{name}_patches": s["patches"] for name, s in summary.items()})
         rec.outputs(paths.out_dir, paths.report)
     get_logger().info("split.done", **{name: {k: s[k] for k in ("patches", "patients")}
