@@ -202,3 +202,17 @@ def test_exact_path_under_other_fallbacks(fallback):
     assert norm.last_stats["fallback"] == int((~ok).sum())
     if fallback == "passthrough":
         assert np.array_equal(out[~ok], batch[~ok])
+
+
+@pytest.mark.gpu
+def test_cuda_exact_path_matches_cpu():
+    batch = np.stack([_two_stain_patch(a, 0, pure=pure) for a in (9, 12, 20) for pure in (False, True)])
+    norm = MacenkoNormalizer()
+    cpu = norm.normalize(batch)
+    gpu = norm.normalize(torch.from_numpy(batch).cuda())
+    assert gpu.is_cuda and norm.last_stats["fallback"] == 0
+    od_maps, ok, _ = _maps(norm, batch)
+    assert ok.all() and not ops.tables_exact(torch.from_numpy(od_maps), BOUNDS).all()
+    assert _diff(gpu.cpu().numpy(), cpu) <= 1
+    for i in range(len(batch)):
+        assert _diff(gpu[i].cpu().numpy(), _float64_oracle(od_maps[i], batch[i])) <= 1
