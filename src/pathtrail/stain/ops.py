@@ -30,7 +30,7 @@ EPS = 1e-9  # Tikhonov term for the covariance and the 2x2 normal equations
 _TABLE_MAX = 1e12
 # The float32 tables are exact to 1 level only while every entry lies in [1/_TABLE_MAX, _TABLE_MAX]:
 # then nothing is clamped, a product of three stays a normal float32 (e^-82.9 > 2^-126) and five
-# roundings of 2^-24 (plus float32 OD) keep it within 7e-6 relative of float64, so truncation
+# roundings of 2^-24 (plus float32 OD) keep it within 1e-5 relative of float64, so truncation
 # moves it by at most one level. A map with |ln entry| past this bound (near-collinear stains
 # unmix with large coefficients, so one factor saturates while another underflows: measured up to
 # 255 levels off) is evaluated by `apply_exact` instead.
@@ -276,7 +276,7 @@ def apply_exact(pixels: Tensor, od_map: Tensor, io: float, levels: Tensor, out: 
     pixels (P, 3) uint8, od_map (3, 3), levels from `log_levels`; writes out (P, 3) uint8. The
     exponent t = ln(io) - map @ OD (OD in float64) is summed from per-level float64 tables (exactly
     rounded adds, so batch invariant), and trunc(min(exp(t), 255)), the number of ln(j) <= t for
-    j = 1..255, is counted by a binary search: exact but at a rounding of t to ln(j).
+    j = 1..255, is counted by a binary search: exact unless t rounds across some ln(j).
     """
     od = -torch.log((torch.arange(256, dtype=torch.float64, device=pixels.device) + 1) / io)
     terms = -od_map.to(pixels.device).unsqueeze(-1) * od  # (3 out, 3 in, 256)
