@@ -15,6 +15,20 @@ estimate from the pooled pixels of the slide's patches in the batch, as `normali
 the reference's if that is unusable too); `last_stats` counts fallbacks ("fallback": all of them,
 "fallback_slide": those that used their slide's estimate).
 
+Near-collinear stains. An estimate whose stain vectors are under `ops.MIN_STAIN_ANGLE` (2 degrees)
+apart falls back as above: that is the measured error of the estimated angle itself, since one
+stain alone, quantised to uint8, is estimated as two up to 0.81 degrees apart (1.68 with 0.5-level
+sensor noise; 36 patches of 32-224 pixels, random stain directions; test_single_stain_is_rejected),
+while real H&E tiles (torchstain's samples, 32-224 px) are estimated >= 5.7 degrees apart. Numerics
+set no threshold: near-collinear stains unmix with large coefficients, so a map can leave the
+float32 tables' 1-level bound (`ops.TABLE_LOG_BOUND`; past it the tables were measured up to 255
+levels off, on up to 0.33 % of all colours, at estimated angles of 2.4-4.6 degrees); such a map is
+evaluated in float64 instead (`ops.apply_exact`, an exact search of ln(1..255)), so every patch is
+within 1 level of trunc(io * exp(-M @ OD)) in float64 at any accepted angle
+(test_near_collinear_stains_match_float64_or_fall_back,
+test_apply_maps_is_within_one_level_over_the_colour_cube). Maps within the bound (the demo's, real
+H&E's) keep the tables' bits.
+
 Patches are independent: on CPU a patch gives the same bits alone or inside any batch, in any
 chunking. The one exception is by design: under fallback="slide" a patch that falls back depends on
 the other patches of its slide (and their order in the batch), never on other slides' patches nor
@@ -179,15 +193,14 @@ class MacenkoNormalizer:
         conc = torch.empty(2, n, height * width, dtype=torch.float32, device=x.device) \
             if return_concentrations else None
         slide_maps = self._slide_maps(flat, ids) if self.fallback == "slide" else None
-        fallbacks = from_slide = 0
+        fallbacks = from_slide = exact = 0
         for lo, hi in self._chunks(n, height * width, x.device):
-            bad, bad_slide = self._normalize_chunk(flat[lo:hi], out[lo:hi],
-                                                   None if conc is None else conc[:, lo:hi],
-                                                   slide_maps, lo)
-            fallbacks, from_slide = fallbacks + bad, from_slide + bad_slide
+            bad, bad_slide, n_exact = self._normalize_chunk(
+                flat[lo:hi], out[lo:hi], None if conc is None else conc[:, lo:hi], slide_maps, lo)
+            fallbacks, from_slide, exact = fallbacks + bad, from_slide + bad_slide, exact + n_exact
         self.last_stats = {"patches": n, "fallback": fallbacks, "fallback_slide": from_slide}
         log.debug("stain.normalize", patches=n, fallback=fallbacks, fallback_slide=from_slide,
-                  seconds=round(time.perf_counter() - start, 4))
+                  exact=exact, seconds=round(time.perf_counter() - start, 4))
         result = _like(out.view(x.shape), batch)
         if conc is None:
             return result
@@ -211,11 +224,15 @@ class MacenkoNormalizer:
             unmix = est.unmix if valid else cache["ref_unmix"]
             max_conc = est.max_conc if valid else cache["ref_max"]
             od_map = ops.od_map(cache["ref_stains"], cache["ref_max"], unmix, max_conc)
-            tables = ops.channel_tables(od_map, cache["lut"], self.io)[0]
-            rg_table = ops.pair_table(tables)
-            for lo, hi in self._chunks(n, height * width, x.device):
-                planar = ops.to_planar(flat[lo:hi], cache["scratch"])
-                ops.apply_fixed(planar, rg_table, tables[2], out[lo:hi], cache["scratch"])
+            if bool(ops.tables_exact(od_map, cache["exact"][0])[0]):
+                tables = ops.channel_tables(od_map, cache["lut"], self.io)[0]
+                rg_table = ops.pair_table(tables)
+                for lo, hi in self._chunks(n, height * width, x.device):
+                    planar = ops.to_planar(flat[lo:hi], cache["scratch"])
+                    ops.apply_fixed(planar, rg_table, tables[2], out[lo:hi], cache["scratch"])
+            else:  # outside the tables' 1-level bound (see ops.TABLE_LOG_BOUND)
+                for i in range(n):
+                    ops.apply_exact(flat[i], od_map[0], self.io, cache["exact"][1], out[i])
         else:
             out.copy_(flat)
         self.last_stats = {"patches": n, "fallback": 0 if valid else n, "fallback_slide": 0}
@@ -227,11 +244,11 @@ class MacenkoNormalizer:
     # ----------------------------------------------------------------------------- internals
     def _normalize_chunk(self, patches: Tensor, out: Tensor, conc: Tensor | None,
                          slide_maps: Callable[[int], tuple[Tensor, Tensor] | None] | None = None,
-                         offset: int = 0) -> tuple[int, int]:
+                         offset: int = 0) -> tuple[int, int, int]:
         """Normalize (m, P, 3) uint8 patches into `out`, their (2, m, P) concentrations into
         `conc` if given. `slide_maps(offset + i)` (fallback="slide") gives the slide estimate's
         (unmix, max_conc) for the chunk's patch i, or None if it is unusable. Returns (fallbacks,
-        fallbacks that used their slide's estimate)."""
+        fallbacks that used their slide's estimate, patches evaluated by `ops.apply_exact`)."""
         cache = self._cache(patches.device)
         planar, est, od = self._estimate(patches, cache["scratch"])
         ok = est.valid
@@ -249,7 +266,6 @@ class MacenkoNormalizer:
         unmix = torch.where(ok[:, None, None], est.unmix, fb_unmix)
         max_conc = torch.where(ok[:, None], est.max_conc, fb_max)
         od_map = ops.od_map(cache["ref_stains"], cache["ref_max"], unmix, max_conc)
-        tables = ops.channel_tables(od_map, cache["lut"], self.io)
         if conc is not None:
             conc.copy_(est.conc)  # before the scratch buffers are reused
             bad = (~ok).nonzero().squeeze(-1)
@@ -257,11 +273,13 @@ class MacenkoNormalizer:
                 conc[:, bad] = ops.concentrations(od[:, bad], fb_unmix[bad], cache["scratch"],
                                                   "conc_ref")
             conc *= (cache["ref_max"] / max_conc).T.to(torch.float32).unsqueeze(-1)
-        ops.apply_tables(planar, tables, out, cache["scratch"])
+        skip = ~ok if self.fallback == "passthrough" else None  # returned unchanged below
+        n_exact = ops.apply_maps(patches, planar, od_map, cache["lut"], self.io, out,
+                                 cache["scratch"], cache["exact"], skip)
         n_bad = int((~ok).sum())
         if n_bad and self.fallback == "passthrough":
             out[~ok] = patches[~ok]
-        return n_bad, n_slide
+        return n_bad, n_slide, n_exact
 
     def _slide_estimate(self, patches: Tensor, scratch: ops.Scratch) -> ops.StainEstimate:
         """One estimate (n = 1) for a slide's (n, P, 3) patches, from an evenly strided sample of
@@ -316,6 +334,7 @@ class MacenkoNormalizer:
             stains = self.stain_matrix.to(device)
             self._device_cache[device] = {
                 "lut": lut,
+                "exact": (ops.table_bounds(lut, self.io), ops.log_levels(device)),
                 "ref_stains": stains.unsqueeze(0),
                 "ref_max": self.max_concentrations.to(device).unsqueeze(0),
                 "ref_unmix": ops.unmixing_matrix(stains.unsqueeze(0)),

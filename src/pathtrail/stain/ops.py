@@ -5,7 +5,8 @@ per-channel operation runs over long contiguous rows. Per-pixel work uses only o
 exactly rounded (table look-ups, +, -, *, /, comparisons, min/max, top-k) and row reductions that
 never span patches, so on CPU a patch gives the same bits alone or inside any batch (CUDA's float
 reductions change their order with the row count); transcendental functions are evaluated on small
-per-patch tables only.
+per-patch tables only (`apply_exact`, for maps outside the float32 tables' bound, also sums float64
+table entries and searches a fixed table).
 
 Numerics follow torchstain's torch backend (float32 optical density, nearest-rank percentiles);
 the 3x3 / 2x2 algebra runs in float64.
@@ -19,13 +20,21 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-# A patch whose two stain vectors are closer than this cannot be unmixed (flat colour, pen ink).
+# A patch whose two stain vectors are closer than this is one stain (flat colour, pen ink): one
+# stain quantised to uint8 is estimated as two up to 1.68 degrees apart (see macenko's docstring).
 MIN_STAIN_ANGLE = math.radians(2.0)
 # A 99th-percentile concentration below this is no stain at all (the "purple background" failure).
 MIN_MAX_CONCENTRATION = 1e-2
 EPS = 1e-9  # Tikhonov term for the covariance and the 2x2 normal equations
 # Table entries are capped so that a product of three stays finite (inf * 0 would give NaN).
 _TABLE_MAX = 1e12
+# The float32 tables are exact to 1 level only while every entry lies in [1/_TABLE_MAX, _TABLE_MAX]:
+# then nothing is clamped, a product of three stays a normal float32 (e^-82.9 > 2^-126) and five
+# roundings of 2^-24 (plus float32 OD) keep it within 1e-5 relative of float64, so truncation
+# moves it by at most one level. A map with |ln entry| past this bound (near-collinear stains
+# unmix with large coefficients, so one factor saturates while another underflows: measured up to
+# 255 levels off) is evaluated by `apply_exact` instead.
+TABLE_LOG_BOUND = math.log(_TABLE_MAX)
 # Pseudo-angles lie in [-2, 2]; non-tissue pixels are pushed this far out of the way.
 _MASK_OFFSET = 8.0
 _BLOCKS = 16  # rank selection: candidate blocks per row (see `kth_smallest`)
@@ -235,6 +244,50 @@ def channel_tables(od_maps: Tensor, lut: Tensor, io: float) -> Tensor:
     return table.to(torch.float32).view(torch.complex128).squeeze(-1)
 
 
+def table_bounds(lut: Tensor, io: float) -> Tensor:
+    """(2, 3) float64 [low; high] per input channel d: a map entry map[c, d] keeps every table
+    entry io^[d = 0] * exp(-map[c, d] * OD(v)) within TABLE_LOG_BOUND in log iff it lies in
+    [low[d], high[d]] (the log is linear in OD, so the extreme levels 0 and 255 decide)."""
+    bounds = [[-math.inf] * 3, [math.inf] * 3]
+    for d in range(3):
+        shift = math.log(io) if d == 0 else 0.0
+        for od in (float(lut[0]), float(lut[-1])):  # |shift - m * od| <= bound
+            if od != 0:
+                a, b = (shift - TABLE_LOG_BOUND) / od, (shift + TABLE_LOG_BOUND) / od
+                bounds[0][d], bounds[1][d] = max(bounds[0][d], min(a, b)), min(bounds[1][d],
+                                                                               max(a, b))
+    return torch.tensor(bounds, dtype=torch.float64, device=lut.device)
+
+
+def tables_exact(od_maps: Tensor, bounds: Tensor) -> Tensor:
+    """(n,) bool: whether each (n, 3, 3) map keeps its `channel_tables` within the 1-level bound
+    (every entry within `table_bounds` of its input channel)."""
+    return ((od_maps >= bounds[0]) & (od_maps <= bounds[1])).all(-1).all(-1)
+
+
+def log_levels(device: torch.device | str = "cpu") -> Tensor:
+    """ln(1), ..., ln(255) in float64: uint8 truncation of exp(t) clipped at 255 counts these <= t."""
+    return torch.log(torch.arange(1, 256, dtype=torch.float64, device=device))
+
+
+def apply_exact(pixels: Tensor, od_map: Tensor, io: float, levels: Tensor, out: Tensor) -> Tensor:
+    """Normalized pixels of one map in float64, for maps outside `tables_exact`.
+
+    pixels (P, 3) uint8, od_map (3, 3), levels from `log_levels`; writes out (P, 3) uint8. The
+    exponent t = ln(io) - map @ OD (OD in float64) is summed from per-level float64 tables (exactly
+    rounded adds, so batch invariant), and trunc(min(exp(t), 255)), the number of ln(j) <= t for
+    j = 1..255, is counted by a binary search: exact unless t rounds across some ln(j).
+    """
+    od = -torch.log((torch.arange(256, dtype=torch.float64, device=pixels.device) + 1) / io)
+    terms = -od_map.to(pixels.device).unsqueeze(-1) * od  # (3 out, 3 in, 256)
+    terms[:, 0] += math.log(io)
+    index = pixels.long()
+    for c in range(3):
+        t = terms[c, 0][index[:, 0]] + terms[c, 1][index[:, 1]] + terms[c, 2][index[:, 2]]
+        out[:, c] = torch.searchsorted(levels, t, right=True)
+    return out
+
+
 def pair_table(tables: Tensor) -> Tensor:
     """Combine the R and G tables of one map: (3, 256) -> (65536,) indexed by R * 256 + G."""
     as_float = tables.view(torch.float32).view(3, 256, 4).double()
@@ -275,3 +328,24 @@ def apply_fixed(planar: Tensor, rg_table: Tensor, b_table: Tensor, out: Tensor,
     torch.index_select(b_table, 0, planar[2].view(-1), out=fetched[1])
     parts = fetched.view(torch.float32).view(2, n, npix, 4)
     return _to_uint8(parts[0].mul_(parts[1]), out)
+
+
+def apply_maps(patches: Tensor, planar: Tensor, od_maps: Tensor, lut: Tensor, io: float,
+               out: Tensor, ws: Scratch, exact: tuple[Tensor, Tensor],
+               skip: Tensor | None = None) -> int:
+    """Normalized pixels of per-patch maps into out (n, P, 3) uint8: the float32 tables where
+    `tables_exact` holds, `apply_exact` for the other patches (except rows where `skip` (n,) is
+    true, left to the caller). patches (n, P, 3) uint8; planar (3, n, P) is consumed; od_maps
+    (n, 3, 3); exact: (`table_bounds`, `log_levels`). Returns the number of patches evaluated
+    exactly."""
+    bounds, levels = exact
+    apply_tables(planar, channel_tables(od_maps, lut, io), out, ws)
+    inside = tables_exact(od_maps, bounds)
+    if skip is not None:
+        inside |= skip
+    if bool(inside.all()):  # the usual case, in a few microseconds
+        return 0
+    rows = (~inside).nonzero().squeeze(-1).tolist()
+    for i in rows:
+        apply_exact(patches[i], od_maps[i], io, levels, out[i])
+    return len(rows)
