@@ -23,6 +23,7 @@ from pathtrail.config.sections import DataParams
 from pathtrail.core.errors import PathTrailError
 from pathtrail.core.files import write_json
 from pathtrail.core.hashing import canonical_json
+from pathtrail.core.text import printable
 from pathtrail.data.report import format_report
 from pathtrail.data.validation import Cohort, Rules, validate_cohorts
 
@@ -44,6 +45,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tissue-policy", choices=["warn", "reject"])
     p.add_argument("--min-tissue-fraction", type=float, metavar="F")
     p.add_argument("--min-per-class", type=int, metavar="N")
+    p.add_argument("--max-image-pixels", type=int, metavar="N",
+                   help="images with more pixels are refused from their header, never decoded")
+    p.add_argument("--max-manifest-bytes", type=int, metavar="N",
+                   help="manifests larger than this are refused before they are read")
+    p.add_argument("--allow-shared-site", action="store_true", default=None,
+                   help="let the external cohort share a site with the internal one")
     p.add_argument("--workers", type=int, metavar="N", help="threads for the image checks")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--report", metavar="FILE",
@@ -57,7 +64,8 @@ def rules_from_args(args: argparse.Namespace) -> Rules:
     if params.is_file():
         base: dict[str, Any] = Rules.from_params(load_section(params, "data", DataParams)).__dict__
     elif args.params:
-        raise PathTrailError(f"params file '{args.params}' not found")
+        raise PathTrailError(f"params file '{args.params}' " + (
+            "is not a regular file" if params.exists() else "not found"))
     elif not args.classes:
         raise PathTrailError("no params.yaml in the working directory, so the classes are unknown: "
                              "pass --classes (e.g. --classes benign,tumour) or --params FILE")
@@ -71,9 +79,12 @@ def rules_from_args(args: argparse.Namespace) -> Rules:
         base["classes"] = classes
     options = {"patch_size": args.patch_size, "mode_policy": args.mode_policy,
                "size_policy": args.size_policy, "tissue_policy": args.tissue_policy,
-               "min_tissue_fraction": args.min_tissue_fraction, "min_per_class": args.min_per_class}
+               "min_tissue_fraction": args.min_tissue_fraction, "min_per_class": args.min_per_class,
+               "max_image_pixels": args.max_image_pixels,
+               "max_manifest_bytes": args.max_manifest_bytes,
+               "allow_shared_site": args.allow_shared_site}
     base.update({k: v for k, v in options.items() if v is not None})
-    for key in ("patch_size", "min_per_class", "workers"):
+    for key in ("patch_size", "min_per_class", "max_image_pixels", "max_manifest_bytes", "workers"):
         value = base.get(key) if key != "workers" else args.workers
         if value is not None and value < 1:
             raise PathTrailError(f"--{key.replace('_', '-')} must be >= 1, got {value}")
@@ -90,7 +101,7 @@ def validate_command(argv: list[str] | None = None) -> int:
     try:
         rules = rules_from_args(args)
     except PathTrailError as exc:
-        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        print(f"{parser.prog}: error: {printable(exc)}", file=sys.stderr)
         return 2
     cohorts = [Cohort(name, Path(path), Path(args.data_root or Path(path).parent))
                for name, path in (("internal", args.internal), ("external", args.external)) if path]

@@ -91,6 +91,9 @@ class DataParams:
     min_tissue_fraction: float
     tissue_policy: Literal["warn", "reject"]
     min_per_class: int
+    max_image_pixels: int     # budget: larger images are refused from their header, never decoded
+    max_manifest_bytes: int   # budget: larger manifests are refused from their size, never read
+    allow_shared_site: bool   # may the external cohort share a site with the internal one?
     split: SplitParams
 
     def check(self) -> None:
@@ -98,6 +101,9 @@ class DataParams:
         require(len(set(self.classes)) == len(self.classes), "data.classes", "has duplicates")
         require(self.patch_size > 0, "data.patch_size", "must be positive")
         require(self.min_per_class >= 1, "data.min_per_class", "must be >= 1")
+        require(self.max_image_pixels >= self.patch_size ** 2, "data.max_image_pixels",
+                "must be at least patch_size squared")
+        require(self.max_manifest_bytes >= 1024, "data.max_manifest_bytes", "must be >= 1024")
 
 
 # The params sections the train stage hashes into models/model.pt (and records in the trail).

@@ -8,7 +8,8 @@ cohorts as a whole, and returns the validated tables, every problem and a JSON-r
 writes nothing.
 
 Harmless variation is accepted: a UTF-8 BOM, CRLF line endings, any column order, blank lines,
-surrounding whitespace in headers and cells, trailing empty columns. A `label` is the class index
+surrounding whitespace in headers, paths and extra cells, trailing empty columns. Spaces
+around a label, patient_id, slide_id or site are an error (they read as another class or id). A `label` is the class index
 (0..K-1) or the class name from `data.classes`; validated tables store the index.
 
 Policies (params `data.*`, or CLI options): `mode_policy=convert` accepts grayscale/RGBA/palette
@@ -28,8 +29,9 @@ from typing import Any
 
 import pandas as pd
 
-from pathtrail.data.images import default_workers, inspect_files, judge_file
+from pathtrail.data.images import DEFAULT_MAX_PIXELS, default_workers, inspect_files, judge_file
 from pathtrail.data.manifests import (
+    DEFAULT_MAX_MANIFEST_BYTES,
     Cohort,
     Problem,
     Scope,
@@ -53,12 +55,16 @@ class Rules:
     min_tissue_fraction: float = 0.05
     tissue_policy: str = "warn"
     min_per_class: int = 5
+    max_image_pixels: int = DEFAULT_MAX_PIXELS  # larger images are refused from their header
+    max_manifest_bytes: int = DEFAULT_MAX_MANIFEST_BYTES  # larger manifests are not read
+    allow_shared_site: bool = False  # may the external cohort come from an internal site?
 
     @classmethod
     def from_params(cls, data: Any) -> Rules:
         """From the `data` params section (`pathtrail.config.sections.DataParams`)."""
         return cls(tuple(data.classes), data.patch_size, data.mode_policy, data.size_policy,
-                   data.min_tissue_fraction, data.tissue_policy, data.min_per_class)
+                   data.min_tissue_fraction, data.tissue_policy, data.min_per_class,
+                   data.max_image_pixels, data.max_manifest_bytes, data.allow_shared_site)
 
 
 @dataclass
@@ -94,7 +100,7 @@ def file_problems(frame: pd.DataFrame, scope: Scope, rules: Rules, workers: int)
         return facts_frame
     safe = is_safe_path(frame["path"])
     rels, lines = frame["path"][safe].tolist(), frame.index[safe]
-    facts = inspect_files(os.path.realpath(root), rels, workers)
+    facts = inspect_files(os.path.realpath(root), rels, workers, rules.max_image_pixels)
     root_text = root.as_posix()
     for line, rel, fact in zip(lines, rels, facts, strict=True):
         for severity, rule, message, hint in judge_file(fact, rules, root_text):
@@ -164,14 +170,18 @@ def cohort_problems(frame: pd.DataFrame, labels: pd.Series, scope: Scope, rules:
                       file=frame.at[group.index.min(), "path"])
 
 
-def cross_cohort_problems(frames: dict[str, pd.DataFrame], scopes: dict[str, Scope]) -> None:
-    """Internal and external must be disjoint: patients, slides, image content."""
+def cross_cohort_problems(frames: dict[str, pd.DataFrame], scopes: dict[str, Scope],
+                          allow_shared_site: bool = False) -> None:
+    """Internal and external must be disjoint: patients, slides, image content, and (unless
+    `allow_shared_site`) sites: an external test set comes from another site."""
     if not {"internal", "external"} <= frames.keys():
         return
     internal, external = frames["internal"], frames["external"]
     what = {"patient_id": ("patient_in_both_cohorts", "patient"),
             "slide_id": ("slide_in_both_cohorts", "slide"),
             "sha256": ("image_in_both_cohorts", "identical image content")}
+    if not allow_shared_site:
+        what["site"] = ("site_in_both_cohorts", "site")
     other = scopes["external"].cohort.manifest.as_posix()
     for column, (rule, noun) in what.items():
         if column not in internal or column not in external:
@@ -182,10 +192,13 @@ def cross_cohort_problems(frames: dict[str, pd.DataFrame], scopes: dict[str, Sco
             line, ext_line = first_int[value], first_ext[value]
             shown = f"{noun} '{value}'" if column != "sha256" else noun
             extra = f" ('{external.at[ext_line, 'path']}')" if column == "sha256" else ""
+            hint = ("take the external cohort from another site (an external test measures how "
+                    "the model transfers), or set data.allow_shared_site / --allow-shared-site"
+                    if column == "site" else "remove it from one cohort: an external test set "
+                    "must not share patients, slides or images")
             scopes["internal"].add(
                 "error", rule, f"{shown} is also in the external manifest '{other}' (line "
-                f"{ext_line}{extra}); the external cohort must be independent", "remove it from "
-                "one cohort: an external test set must not share patients, slides or images",
+                f"{ext_line}{extra}); the external cohort must be independent", hint,
                 line, column if column != "sha256" else "path", internal.at[line, "path"])
 
 
@@ -258,7 +271,7 @@ def validate_cohorts(cohorts: list[Cohort], rules: Rules, workers: int | None = 
     frames, labels, summaries = {}, {}, {}
     for cohort in cohorts:
         scope = scopes[cohort.name]
-        frame = read_manifest(scope)
+        frame = read_manifest(scope, rules.max_manifest_bytes)
         if frame is None:
             summaries[cohort.name] = None
             continue
@@ -275,7 +288,7 @@ def validate_cohorts(cohorts: list[Cohort], rules: Rules, workers: int | None = 
         frames[cohort.name] = frame
         summaries[cohort.name] = cohort_summary(frame, labels[cohort.name], facts, cohort,
                                                 rules.classes)
-    cross_cohort_problems(frames, scopes)
+    cross_cohort_problems(frames, scopes, rules.allow_shared_site)
     problems = [p for s in scopes.values()  # by cohort, then by line (file-level first)
                 for p in sorted(s.problems, key=lambda p: (p.line is not None, p.line or 0))]
     report = build_report(problems, summaries, rules)

@@ -16,7 +16,7 @@ from pathtrail.config.loading import parse_section
 from pathtrail.config.sections import DataParams
 from pathtrail.core.errors import PathTrailError
 from pathtrail.core.files import atomic_dir, remove_outputs, write_csv, write_json
-from pathtrail.data.report import format_problems, format_report
+from pathtrail.data.report import ERRORS_SHOWN_PER_RULE, format_problems, format_report
 from pathtrail.data.validation import Cohort, Rules, ValidationResult, validate_cohorts
 from pathtrail.pipeline.stagekit import get_logger, path_option
 from pathtrail.provenance import audit
@@ -58,7 +58,8 @@ def fail(result: ValidationResult, paths: Paths) -> NoReturn:
     if paths.failure_report:
         write_json(result.report, paths.failure_report)
     head = f"{len(result.errors)} error(s) in the data; nothing was written."
-    raise PathTrailError("\n".join([head, *format_problems(result.report["errors"])]))
+    listed = format_problems(result.report["errors"], ERRORS_SHOWN_PER_RULE, result.report["cohorts"])
+    raise PathTrailError("\n".join([head, *listed]))
 
 
 def log_summary(result: ValidationResult) -> None:
