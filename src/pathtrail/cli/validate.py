@@ -24,6 +24,7 @@ from pathtrail.core.errors import PathTrailError
 from pathtrail.core.files import write_json
 from pathtrail.core.hashing import canonical_json
 from pathtrail.core.text import printable
+from pathtrail.data.access import explain_os_error
 from pathtrail.data.report import format_report
 from pathtrail.data.validation import Cohort, Rules, validate_cohorts
 
@@ -108,7 +109,13 @@ def validate_command(argv: list[str] | None = None) -> int:
     result = validate_cohorts(cohorts, rules, workers=args.workers)
     sys.stdout.write(canonical_json(result.report) if args.json else format_report(result.report))
     if args.report:
-        write_json(result.report, args.report)
+        try:
+            write_json(result.report, args.report)
+        except OSError as exc:
+            reason, hint = explain_os_error(exc)
+            print(f"{parser.prog}: error: cannot write the report to '{printable(args.report)}': "
+                  f"{reason} ({hint})", file=sys.stderr)
+            return 1
     if not result.ok:
         print(f"validation failed: {len(result.errors)} error(s); nothing is usable until they are "
               "fixed", file=sys.stderr)

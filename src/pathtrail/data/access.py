@@ -48,6 +48,9 @@ _ERRNO_TEXT = {  # errno -> (reason, hint)
     errno.ENXIO: ("no such device or address", "point the path at a regular file"),
     errno.ENODEV: ("no such device", "point the path at a regular file"),
     errno.EOVERFLOW: ("the file is too large for this system", "split or re-export the file"),
+    errno.ENOENT: ("no such file or folder", "check the path: every folder in it must exist"),
+    errno.EROFS: ("read-only file system", "use a path on writable storage"),
+    errno.ENOSPC: ("no space left on the device", "free some space, or use another disk"),
 }
 
 

@@ -23,7 +23,7 @@ def format_problems(problems: list[dict[str, Any]], per_rule: int | None = None,
         if per_rule is not None and shown[p["rule"]] > per_rule:
             hidden[p["rule"]] += 1
             continue
-        lines.append("  " + Problem(**p).format())
+        lines += ("  " + Problem(**p).format()).split("\n")  # its only raw newline: before "fix:"
     lines += [f"  ... and {n} more '{rule}' (all are in the JSON report: --json)"
               for rule, n in sorted(hidden.items())]
     return repeated_summary(problems, per_rule, cohorts or {}) + lines
@@ -37,7 +37,7 @@ def repeated_summary(problems: list[dict[str, Any]], per_rule: int | None,
     """
     counts = Counter((p["cohort"], p["rule"]) for p in problems)
     out = []
-    for (cohort, rule), n in sorted(counts.items(), key=lambda kv: (str(kv[0][0]), kv[0][1])):
+    for (cohort, rule), n in counts.items():  # in the report's order: by cohort, then by line
         summary = cohorts.get(cohort) or {}
         if rule == "file_missing" and (n > (per_rule or 0) or n == summary.get("rows", 0) > 1):
             of = f" (of {summary['rows']})" if "rows" in summary else ""
