@@ -2,13 +2,17 @@
 
     pathtrail validate --internal A.csv [--external B.csv] [--data-root DIR] [--params params.yaml]
                        [--classes a,b] [--mode-policy convert|reject] [--size-policy reject|resize]
-                       [--patch-size N] [--json] [--report FILE]
+                       [--patch-size N] [--max-image-pixels N] [--max-manifest-bytes N]
+                       [--max-manifest-rows N] [--allow-shared-site] [--json] [--report FILE]
 
 Classes and policies come from the `data` section of params.yaml in the working directory when it
 exists (or of --params FILE), each overridable by an option; without a params file --classes is
 required. The data root defaults to the folder of each manifest. Exit status: 0 when the data are
 usable (warnings allowed), 1 when there is any error, 2 for a usage error (bad option or params).
 Nothing is written unless --report FILE is given (then the JSON report, also on failure).
+Budgets (data.max_*): only regular files are opened, manifests and images over their limits are
+refused before they are read or decoded, so one run stays under ~500 MB whatever the input
+(tests/unit/test_validation_budgets.py).
 """
 
 from __future__ import annotations
@@ -50,6 +54,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="images with more pixels are refused from their header, never decoded")
     p.add_argument("--max-manifest-bytes", type=int, metavar="N",
                    help="manifests larger than this are refused before they are read")
+    p.add_argument("--max-manifest-rows", type=int, metavar="N",
+                   help="manifests with more rows than this are refused")
     p.add_argument("--allow-shared-site", action="store_true", default=None,
                    help="let the external cohort share a site with the internal one")
     p.add_argument("--workers", type=int, metavar="N", help="threads for the image checks")
@@ -83,9 +89,11 @@ def rules_from_args(args: argparse.Namespace) -> Rules:
                "min_tissue_fraction": args.min_tissue_fraction, "min_per_class": args.min_per_class,
                "max_image_pixels": args.max_image_pixels,
                "max_manifest_bytes": args.max_manifest_bytes,
+               "max_manifest_rows": args.max_manifest_rows,
                "allow_shared_site": args.allow_shared_site}
     base.update({k: v for k, v in options.items() if v is not None})
-    for key in ("patch_size", "min_per_class", "max_image_pixels", "max_manifest_bytes", "workers"):
+    for key in ("patch_size", "min_per_class", "max_image_pixels", "max_manifest_bytes",
+                "max_manifest_rows", "workers"):
         value = base.get(key) if key != "workers" else args.workers
         if value is not None and value < 1:
             raise PathTrailError(f"--{key.replace('_', '-')} must be >= 1, got {value}")

@@ -93,7 +93,8 @@ def _inspect_regular(real: str, max_pixels: int) -> FileFacts:
     if isinstance(data, Refusal):
         problem = {"missing": "file_missing", "not_a_file": "not_a_file",
                    "unreadable": "file_unreadable", "too_large": "file_too_large"}[data.kind]
-        return FileFacts(problem, data.reason, hint=data.hint)
+        own_hint = data.kind in ("unreadable", "not_a_file")  # else the rule's hint says more
+        return FileFacts(problem, data.reason, hint=data.hint if own_hint else "")
     if not data:
         return FileFacts("file_empty")
     digest = hashlib.sha256(data).hexdigest()

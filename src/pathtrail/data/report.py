@@ -13,29 +13,36 @@ ERRORS_SHOWN_PER_RULE = 10  # more of one rule are counted, not listed (all are 
 
 
 def format_problems(problems: list[dict[str, Any]], per_rule: int | None = None,
-                    cohorts: dict[str, Any] | None = None) -> list[str]:
+                    cohorts: dict[str, Any] | None = None,
+                    omitted: dict[str, dict[str, int]] | None = None) -> list[str]:
     """One readable entry per problem; with `per_rule`, at most that many of each rule, after a
-    summary line for each rule that repeats more often (test_validation_messages)."""
+    summary line for each rule that repeats more often (test_validation_messages). `omitted`:
+    entries the report left out, by cohort and rule (counted in the summary)."""
     shown: Counter[str] = Counter()
     lines, hidden = [], Counter()
+    for by_rule in (omitted or {}).values():
+        hidden.update(by_rule)
     for p in problems:
         shown[p["rule"]] += 1
         if per_rule is not None and shown[p["rule"]] > per_rule:
             hidden[p["rule"]] += 1
             continue
         lines += ("  " + Problem(**p).format()).split("\n")  # its only raw newline: before "fix:"
-    lines += [f"  ... and {n} more '{rule}' (all are in the JSON report: --json)"
+    lines += [f"  ... and {n} more '{rule}' (see the JSON report: --json)"
               for rule, n in sorted(hidden.items())]
-    return repeated_summary(problems, per_rule, cohorts or {}) + lines
+    return repeated_summary(problems, per_rule, cohorts or {}, omitted or {}) + lines
 
 
 def repeated_summary(problems: list[dict[str, Any]], per_rule: int | None,
-                     cohorts: dict[str, Any]) -> list[str]:
+                     cohorts: dict[str, Any], omitted: dict[str, dict[str, int]]) -> list[str]:
     """One line per (cohort, rule) that repeats: "792 files missing under the data root ...".
 
     Many missing files usually mean one wrong data root, so that case asks about it.
     """
     counts = Counter((p["cohort"], p["rule"]) for p in problems)
+    for cohort, by_rule in omitted.items():
+        for rule, n in by_rule.items():
+            counts[cohort, rule] += n
     out = []
     for (cohort, rule), n in counts.items():  # in the report's order: by cohort, then by line
         summary = cohorts.get(cohort) or {}
@@ -83,10 +90,12 @@ def format_report(report: dict[str, Any]) -> str:
                                                  f"{tissue['median']}" if tissue else ""))
     if report["errors"]:
         out += ["", f"ERRORS ({report['n_errors']}):",
-                *format_problems(report["errors"], ERRORS_SHOWN_PER_RULE, report["cohorts"])]
+                *format_problems(report["errors"], ERRORS_SHOWN_PER_RULE, report["cohorts"],
+                                 report["omitted"]["errors"])]
     if report["warnings"]:
         out += ["", f"WARNINGS ({report['n_warnings']}):",
-                *format_problems(report["warnings"], WARNINGS_SHOWN_PER_RULE, report["cohorts"])]
+                *format_problems(report["warnings"], WARNINGS_SHOWN_PER_RULE, report["cohorts"],
+                                 report["omitted"]["warnings"])]
     return "\n".join(printable(line) for line in out) + "\n"  # user strings cannot forge lines or colours
 
 

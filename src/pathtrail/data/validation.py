@@ -32,6 +32,7 @@ import pandas as pd
 from pathtrail.data.images import DEFAULT_MAX_PIXELS, default_workers, inspect_files, judge_file
 from pathtrail.data.manifests import (
     DEFAULT_MAX_MANIFEST_BYTES,
+    DEFAULT_MAX_MANIFEST_ROWS,
     Cohort,
     Problem,
     Scope,
@@ -57,6 +58,7 @@ class Rules:
     min_per_class: int = 5
     max_image_pixels: int = DEFAULT_MAX_PIXELS  # larger images are refused from their header
     max_manifest_bytes: int = DEFAULT_MAX_MANIFEST_BYTES  # larger manifests are not read
+    max_manifest_rows: int = DEFAULT_MAX_MANIFEST_ROWS  # longer manifests are not checked
     allow_shared_site: bool = False  # may the external cohort come from an internal site?
 
     @classmethod
@@ -64,7 +66,8 @@ class Rules:
         """From the `data` params section (`pathtrail.config.sections.DataParams`)."""
         return cls(tuple(data.classes), data.patch_size, data.mode_policy, data.size_policy,
                    data.min_tissue_fraction, data.tissue_policy, data.min_per_class,
-                   data.max_image_pixels, data.max_manifest_bytes, data.allow_shared_site)
+                   data.max_image_pixels, data.max_manifest_bytes, data.max_manifest_rows,
+                   data.allow_shared_site)
 
 
 @dataclass
@@ -154,6 +157,8 @@ def cohort_problems(frame: pd.DataFrame, labels: pd.Series, scope: Scope, rules:
             scope.add("warning", "class_absent", f"class '{name}' has no patches in this cohort",
                       "metrics for this class will be undefined on this cohort", column="label")
     pairs = frame[["slide_id", "patient_id"]].dropna().drop_duplicates()
+    shared = pairs["slide_id"][pairs["slide_id"].duplicated()].unique()  # not a loop over slides
+    pairs = pairs[pairs["slide_id"].isin(shared)]
     for slide, group in pairs.groupby("slide_id", sort=True):
         if len(group) > 1:
             scope.add("error", "slide_multiple_patients", f"slide '{slide}' is listed under "
@@ -238,22 +243,43 @@ def _describe_column(values: pd.Series) -> dict[str, Any]:
     return out
 
 
+REPORT_ENTRIES_PER_RULE = 1000  # per cohort; the rest are counted (a bounded report, and memory)
+
+
+def _listed(problems: list[Problem], severity: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The first REPORT_ENTRIES_PER_RULE entries of each (cohort, rule), and how many were left out."""
+    seen: Counter[tuple[Any, str]] = Counter()
+    listed, omitted = [], {}
+    for p in problems:
+        if p.severity != severity:
+            continue
+        seen[p.cohort, p.rule] += 1
+        if seen[p.cohort, p.rule] <= REPORT_ENTRIES_PER_RULE:
+            listed.append(p.to_dict())
+        else:
+            omitted.setdefault(str(p.cohort), {})[p.rule] = seen[p.cohort, p.rule] - REPORT_ENTRIES_PER_RULE
+    return listed, omitted
+
+
 def build_report(result_problems: list[Problem], summaries: dict[str, Any],
                  rules: Rules) -> dict[str, Any]:
-    errors = [p.to_dict() for p in result_problems if p.severity == "error"]
-    warnings = [p.to_dict() for p in result_problems if p.severity == "warning"]
+    errors, errors_omitted = _listed(result_problems, "error")
+    warnings, warnings_omitted = _listed(result_problems, "warning")
+    counts = {s: Counter(p.rule for p in result_problems if p.severity == s) for s in ("error", "warning")}
     return {
         "status": "failed" if errors else "ok",
         "rules": {**asdict(rules), "classes": list(rules.classes)},
         "tissue_definition": "a pixel is tissue when its darkest RGB channel is < 215 or its "
                              "channel mean is < 220",
         "cohorts": summaries,
-        "n_errors": len(errors),
-        "n_warnings": len(warnings),
-        "error_counts": dict(sorted(Counter(p["rule"] for p in errors).items())),
-        "warning_counts": dict(sorted(Counter(p["rule"] for p in warnings).items())),
+        "n_errors": sum(counts["error"].values()),
+        "n_warnings": sum(counts["warning"].values()),
+        "error_counts": dict(sorted(counts["error"].items())),
+        "warning_counts": dict(sorted(counts["warning"].items())),
         "errors": errors,
         "warnings": warnings,
+        "omitted": {"per_rule_listed": REPORT_ENTRIES_PER_RULE, "errors": errors_omitted,
+                    "warnings": warnings_omitted},
     }
 
 
@@ -271,7 +297,7 @@ def validate_cohorts(cohorts: list[Cohort], rules: Rules, workers: int | None = 
     frames, labels, summaries = {}, {}, {}
     for cohort in cohorts:
         scope = scopes[cohort.name]
-        frame = read_manifest(scope, rules.max_manifest_bytes)
+        frame = read_manifest(scope, rules.max_manifest_bytes, rules.max_manifest_rows)
         if frame is None:
             summaries[cohort.name] = None
             continue

@@ -58,7 +58,9 @@ def fail(result: ValidationResult, paths: Paths) -> NoReturn:
     if paths.failure_report:
         write_json(result.report, paths.failure_report)
     head = f"{len(result.errors)} error(s) in the data; nothing was written."
-    listed = format_problems(result.report["errors"], ERRORS_SHOWN_PER_RULE, result.report["cohorts"])
+    report = result.report
+    listed = format_problems(report["errors"], ERRORS_SHOWN_PER_RULE, report["cohorts"],
+                             report["omitted"]["errors"])
     raise PathTrailError("\n".join([head, *listed]))
 
 
