@@ -28,7 +28,7 @@ def format_problems(problems: list[dict[str, Any]], per_rule: int | None = None,
             hidden[p["rule"]] += 1
             continue
         lines += ("  " + Problem(**p).format()).split("\n")  # its only raw newline: before "fix:"
-    lines += [f"  ... and {n} more '{rule}' (see the JSON report: --json)"
+    lines += [f"  ... and {n} more '{rule}' (see the JSON report)"
               for rule, n in sorted(hidden.items())]
     return repeated_summary(problems, per_rule, cohorts or {}, omitted or {}) + lines
 
