@@ -244,3 +244,16 @@ def test_the_largest_manifest_the_budgets_allow(tmp_path, rows, row):
     assert result["rc"] == 1
     report = json.loads(result["out"])
     assert len(report["errors"]) <= 1000 and report["n_errors"] >= 1
+
+
+@pytest.mark.parametrize("content", [
+    b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 16 16\n0 0 moveto showpage\n",  # Ghostscript
+    b"\x00\x00\x01\x00\x01\x00\x10\x10\x00\x00\x01\x00\x20\x00",  # an ICO header
+])
+def test_only_accepted_raster_formats_are_decoded(corpus, capsys, content):
+    target = corpus.root / corpus.rows["internal"][4][0]
+    target.write_bytes(content)
+    rc, report = run(corpus, capsys, external=False)
+    assert rc == 1
+    problem = find(report, "image_decode", line=6, file=corpus.rows["internal"][4][0])
+    assert "accepted format (PNG, JPEG" in problem["message"]

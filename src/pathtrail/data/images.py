@@ -37,6 +37,9 @@ RGB_CONVERTIBLE = frozenset({"1", "L", "LA", "La", "P", "PA", "RGBA", "RGBa", "R
                              "LAB", "HSV"})
 _CHUNK = 64  # files per thread-pool task: keeps the per-task overhead small
 DEFAULT_MAX_PIXELS = 1 << 20  # data.max_image_pixels: 1024x1024, 256 times a 64x64 patch
+# Raster formats decoded in-process. Others are refused unopened: Pillow's EPS plugin, say, runs
+# Ghostscript on the file, and validation executes nothing a user supplies.
+IMAGE_FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "GIF", "WEBP", "PPM")
 
 
 @dataclass(frozen=True)
@@ -99,7 +102,7 @@ def _inspect_regular(real: str, max_pixels: int) -> FileFacts:
         return FileFacts("file_empty")
     digest = hashlib.sha256(data).hexdigest()
     try:
-        with Image.open(io.BytesIO(data)) as img:  # lazy: reads the header only
+        with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as img:  # lazy: the header only
             mode, (width, height) = img.mode, img.size
             if width * height > max_pixels:
                 return FileFacts("image_too_large", f"{width}x{height} = {width * height} pixels, "
@@ -129,7 +132,7 @@ def _as_rgb(img: Image.Image) -> np.ndarray | None:
 def _decode_reason(exc: Exception) -> str:
     text = str(exc).strip() or type(exc).__name__
     if "cannot identify image file" in text:
-        return "not an image (its content is no image format Pillow can read)"
+        return f"not an image in an accepted format ({', '.join(IMAGE_FORMATS)})"
     return text
 
 
