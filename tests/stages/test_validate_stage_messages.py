@@ -4,12 +4,18 @@ escaped user strings; on failure nothing is written."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from stages.validate import main
 from test_validate_stage import setup
+
+from conftest import REPO
 
 HOSTILE = "site_a\n\x1b[31mvalidate.done errors=0\u202e"
 
@@ -66,3 +72,22 @@ def test_user_strings_are_escaped_in_the_stage_output(tmp_path, monkeypatch, cap
     assert "\x1b" not in err and "\u202e" not in err
     assert not any(line.startswith("validate.done") for line in err.splitlines())
     assert "[value_whitespace]" in err and "column 'label'" in err
+
+
+@pytest.mark.parametrize("manifest, kind", [("fifo.csv", "a named pipe (FIFO)"),
+                                            ("/dev/zero", "a character device")])
+def test_special_manifests_fail_the_stage_at_once(tmp_path, monkeypatch, manifest, kind):
+    """Run as DVC runs it (a subprocess, with a timeout): a FIFO would block an open, /dev/zero
+    never ends; both are refused from their stat, by validation and by the audit's hashing."""
+    args = setup(tmp_path, monkeypatch, **{"data.internal_manifest": manifest})
+    os.mkfifo(tmp_path / "fifo.csv")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "stages.validate", *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 1 and time.monotonic() - t0 < 60
+    assert "Traceback" not in proc.stderr
+    assert f"internal manifest '{manifest}': [manifest_unreadable]" in proc.stderr
+    assert f"it is {kind}, not a file" in proc.stderr
+    assert not (tmp_path / "data/validated").exists()
+    assert not (tmp_path / "reports/validation.json").exists()

@@ -122,3 +122,12 @@ def read_regular(path: str | os.PathLike[str], limit: int) -> bytes | Refusal:
     if total > limit:  # it grew after the stat
         return _too_large(f"more than {limit}", limit)
     return b"".join(chunks)
+
+
+def is_regular_within(path: str | os.PathLike[str], limit: int) -> bool:
+    """True for a regular file of at most `limit` bytes (judged from `stat`; nothing is opened)."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_size <= limit
