@@ -16,6 +16,7 @@ import time
 import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 from test_validation import BASE_ARGS, SIZE, Corpus, find, png, run, snapshot
@@ -257,3 +258,19 @@ def test_only_accepted_raster_formats_are_decoded(corpus, capsys, content):
     assert rc == 1
     problem = find(report, "image_decode", line=6, file=corpus.rows["internal"][4][0])
     assert "accepted format (PNG, JPEG" in problem["message"]
+
+
+def test_an_image_at_the_pixel_budget_decodes_quickly(tmp_path):
+    side = 1024  # the default budget, data.max_image_pixels = 1024 * 1024
+    noise = np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "max.png")
+    t0 = time.monotonic()
+    facts = inspect_file(str(tmp_path.resolve()), "max.png")
+    assert facts.problem is None and (facts.width, facts.height) == (side, side)
+    assert time.monotonic() - t0 < 2
+
+
+def test_a_special_params_file_is_a_usage_error(corpus, capsys):
+    rc = validate_command([*corpus.args(), "--params", "/dev/zero"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "params file '/dev/zero' is not a regular file" in err

@@ -62,6 +62,18 @@ def test_control_characters_in_sites_paths_and_labels_are_escaped(corpus, capsys
     assert "\\x0a      fix:" not in out and out.count("\n      fix: ") >= 2
 
 
+def test_json_output_is_printable_and_exact(corpus, capsys):
+    site = "x\u202e\x9b31m\x1b[0m\u2028y"
+    for r in corpus.rows["internal"]:
+        r[4] = site
+    rc, report = run(corpus, capsys)  # parses the JSON printed
+    assert rc == 0 and list(report["cohorts"]["internal"]["sites"]) == [site]
+    validate_command([*corpus.args(), *BASE_ARGS, "--json"])
+    out = capsys.readouterr().out
+    assert_inert(out)
+    assert "\x9b" not in out and "\u2028" not in out and "\\u202e" in out
+
+
 def test_a_hostile_column_name_in_a_hint_is_escaped(corpus, capsys):
     header = ["path", "label", "patient_id", f'"Slide_ID{HOSTILE}"', "site"]
     path = corpus.manifest("internal", header=header)

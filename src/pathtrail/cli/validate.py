@@ -27,7 +27,7 @@ from pathtrail.config.sections import DataParams
 from pathtrail.core.errors import PathTrailError
 from pathtrail.core.files import write_json
 from pathtrail.core.hashing import canonical_json
-from pathtrail.core.text import printable
+from pathtrail.core.text import json_printable, printable
 from pathtrail.data.access import explain_os_error
 from pathtrail.data.report import format_report
 from pathtrail.data.validation import Cohort, Rules, validate_cohorts
@@ -115,7 +115,8 @@ def validate_command(argv: list[str] | None = None) -> int:
     cohorts = [Cohort(name, Path(path), Path(args.data_root or Path(path).parent))
                for name, path in (("internal", args.internal), ("external", args.external)) if path]
     result = validate_cohorts(cohorts, rules, workers=args.workers)
-    sys.stdout.write(canonical_json(result.report) if args.json else format_report(result.report))
+    sys.stdout.write(json_printable(canonical_json(result.report)) if args.json
+                     else format_report(result.report))
     if args.report:
         try:
             write_json(result.report, args.report)

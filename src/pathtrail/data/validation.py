@@ -17,6 +17,12 @@ images, which the pipeline's readers convert to RGB, and reports each as a warni
 error); `size_policy=resize` accepts other sizes, which the readers resize, as warnings (`reject`:
 errors); `tissue_policy=warn|reject` for patches whose tissue fraction (`pathtrail.data.images`) is below
 `min_tissue_fraction`. Line numbers are those of the CSV file, the header being line 1.
+
+Budgets (`data.max_image_pixels`, `max_manifest_bytes`, `max_manifest_rows`): only regular files
+are opened, and manifests and images over their limits are refused from their `stat` or header,
+never read or decoded, so a run stays under ~500 MB whatever the input
+(tests/unit/test_validation_budgets.py). The external cohort must not share patients, slides,
+image content or (unless `data.allow_shared_site`) sites with the internal one.
 """
 
 from __future__ import annotations
