@@ -2,13 +2,17 @@
 
     pathtrail validate --internal A.csv [--external B.csv] [--data-root DIR] [--params params.yaml]
                        [--classes a,b] [--mode-policy convert|reject] [--size-policy reject|resize]
-                       [--patch-size N] [--json] [--report FILE]
+                       [--patch-size N] [--max-image-pixels N] [--max-manifest-bytes N]
+                       [--max-manifest-rows N] [--allow-shared-site] [--json] [--report FILE]
 
 Classes and policies come from the `data` section of params.yaml in the working directory when it
 exists (or of --params FILE), each overridable by an option; without a params file --classes is
 required. The data root defaults to the folder of each manifest. Exit status: 0 when the data are
 usable (warnings allowed), 1 when there is any error, 2 for a usage error (bad option or params).
 Nothing is written unless --report FILE is given (then the JSON report, also on failure).
+Budgets (data.max_*): only regular files are opened, manifests and images over their limits are
+refused before they are read or decoded, so one run stays under ~500 MB whatever the input
+(tests/unit/test_validation_budgets.py).
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from pathtrail.config.sections import DataParams
 from pathtrail.core.errors import PathTrailError
 from pathtrail.core.files import write_json
 from pathtrail.core.hashing import canonical_json
+from pathtrail.core.text import json_printable, printable
+from pathtrail.data.access import explain_os_error
 from pathtrail.data.report import format_report
 from pathtrail.data.validation import Cohort, Rules, validate_cohorts
 
@@ -49,6 +55,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--duplicate-content", choices=["error", "merge"],
                    help="identical images under two patients: an error, or a warning with the "
                         "patients kept in one split")
+    p.add_argument("--max-image-pixels", type=int, metavar="N",
+                   help="images with more pixels are refused from their header, never decoded")
+    p.add_argument("--max-manifest-bytes", type=int, metavar="N",
+                   help="manifests larger than this are refused before they are read")
+    p.add_argument("--max-manifest-rows", type=int, metavar="N",
+                   help="manifests with more rows than this are refused")
+    p.add_argument("--allow-shared-site", action="store_true", default=None,
+                   help="let the external cohort share a site with the internal one")
     p.add_argument("--workers", type=int, metavar="N", help="threads for the image checks")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--report", metavar="FILE",
@@ -62,7 +76,8 @@ def rules_from_args(args: argparse.Namespace) -> Rules:
     if params.is_file():
         base: dict[str, Any] = Rules.from_params(load_section(params, "data", DataParams)).__dict__
     elif args.params:
-        raise PathTrailError(f"params file '{args.params}' not found")
+        raise PathTrailError(f"params file '{args.params}' " + (
+            "is not a regular file" if params.exists() else "not found"))
     elif not args.classes:
         raise PathTrailError("no params.yaml in the working directory, so the classes are unknown: "
                              "pass --classes (e.g. --classes benign,tumour) or --params FILE")
@@ -77,9 +92,14 @@ def rules_from_args(args: argparse.Namespace) -> Rules:
     options = {"patch_size": args.patch_size, "mode_policy": args.mode_policy,
                "size_policy": args.size_policy, "tissue_policy": args.tissue_policy,
                "min_tissue_fraction": args.min_tissue_fraction, "min_per_class": args.min_per_class,
-               "duplicate_content": args.duplicate_content}
+               "duplicate_content": args.duplicate_content,
+               "max_image_pixels": args.max_image_pixels,
+               "max_manifest_bytes": args.max_manifest_bytes,
+               "max_manifest_rows": args.max_manifest_rows,
+               "allow_shared_site": args.allow_shared_site}
     base.update({k: v for k, v in options.items() if v is not None})
-    for key in ("patch_size", "min_per_class", "workers"):
+    for key in ("patch_size", "min_per_class", "max_image_pixels", "max_manifest_bytes",
+                "max_manifest_rows", "workers"):
         value = base.get(key) if key != "workers" else args.workers
         if value is not None and value < 1:
             raise PathTrailError(f"--{key.replace('_', '-')} must be >= 1, got {value}")
@@ -96,14 +116,21 @@ def validate_command(argv: list[str] | None = None) -> int:
     try:
         rules = rules_from_args(args)
     except PathTrailError as exc:
-        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        print(f"{parser.prog}: error: {printable(exc)}", file=sys.stderr)
         return 2
     cohorts = [Cohort(name, Path(path), Path(args.data_root or Path(path).parent))
                for name, path in (("internal", args.internal), ("external", args.external)) if path]
     result = validate_cohorts(cohorts, rules, workers=args.workers)
-    sys.stdout.write(canonical_json(result.report) if args.json else format_report(result.report))
+    sys.stdout.write(json_printable(canonical_json(result.report)) if args.json
+                     else format_report(result.report))
     if args.report:
-        write_json(result.report, args.report)
+        try:
+            write_json(result.report, args.report)
+        except OSError as exc:
+            reason, hint = explain_os_error(exc)
+            print(f"{parser.prog}: error: cannot write the report to '{printable(args.report)}': "
+                  f"{reason} ({hint})", file=sys.stderr)
+            return 1
     if not result.ok:
         print(f"validation failed: {len(result.errors)} error(s); nothing is usable until they are "
               "fixed", file=sys.stderr)

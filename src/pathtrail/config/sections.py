@@ -92,6 +92,10 @@ class DataParams:
     tissue_policy: Literal["warn", "reject"]
     min_per_class: int
     duplicate_content: Literal["error", "merge"]
+    max_image_pixels: int     # budget: larger images are refused from their header, never decoded
+    max_manifest_bytes: int   # budget: larger manifests are refused from their size, never read
+    max_manifest_rows: int    # budget: longer manifests are refused (memory grows with rows)
+    allow_shared_site: bool   # may the external cohort share a site with the internal one?
     split: SplitParams
 
     def check(self) -> None:
@@ -99,6 +103,10 @@ class DataParams:
         require(len(set(self.classes)) == len(self.classes), "data.classes", "has duplicates")
         require(self.patch_size > 0, "data.patch_size", "must be positive")
         require(self.min_per_class >= 1, "data.min_per_class", "must be >= 1")
+        require(self.max_image_pixels >= self.patch_size ** 2, "data.max_image_pixels",
+                "must be at least patch_size squared")
+        require(self.max_manifest_bytes >= 1024, "data.max_manifest_bytes", "must be >= 1024")
+        require(self.max_manifest_rows >= 1, "data.max_manifest_rows", "must be >= 1")
 
 
 # The params sections the train stage hashes into models/model.pt (and records in the trail).

@@ -19,6 +19,16 @@ def printable(text: str) -> str:
     return str(text).translate(_CONTROL)
 
 
+_JSON_UNSAFE = {c: f"\\u{c:04x}" for c in _CONTROL if c >= 0x7F}  # json.dumps escapes the rest
+
+
+def json_printable(text: str) -> str:
+    """JSON text (from `json.dumps`) with C1 controls and bidirectional or separator code points
+    written as `\\uXXXX`: the same JSON value, safe on a terminal (`ensure_ascii=False` keeps
+    them raw; the C0 controls are escaped by `json.dumps` itself)."""
+    return text.translate(_JSON_UNSAFE)
+
+
 # Escaped wherever they stand: emphasis, code spans and fences, links and images, table cells,
 # strikethrough, (GitHub) math, and everything HTML. `>` as an entity also cannot open a blockquote.
 _INLINE = str.maketrans({

@@ -16,15 +16,19 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-from collections.abc import Sequence
+import threading
+import warnings
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from pathtrail.core.system import usable_cpus
+from pathtrail.data.access import Refusal, read_regular
 
 TISSUE_MAX_MIN_CHANNEL = 215  # a pixel whose darkest channel is below this is tissue
 TISSUE_MAX_MEAN = 220  # ... and so is a pixel whose channel mean is below this
@@ -32,6 +36,10 @@ RGB_CONVERTIBLE = frozenset({"1", "L", "LA", "La", "P", "PA", "RGBA", "RGBa", "R
                              "YCbCr",
                              "LAB", "HSV"})
 _CHUNK = 64  # files per thread-pool task: keeps the per-task overhead small
+DEFAULT_MAX_PIXELS = 1 << 20  # data.max_image_pixels: 1024x1024, 256 times a 64x64 patch
+# Raster formats decoded in-process. Others are refused unopened: Pillow's EPS plugin, say, runs
+# Ghostscript on the file, and validation executes nothing a user supplies.
+IMAGE_FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "GIF", "WEBP", "PPM")
 
 
 @dataclass(frozen=True)
@@ -45,6 +53,8 @@ class FileFacts:
     width: int | None = None
     height: int | None = None
     tissue_fraction: float | None = None
+    hint: str = ""  # a fix matched to the failure (an errno, say), when the rule's own is too vague
+    notes: tuple[str, ...] = ()  # warnings the imaging library issued while reading the file
 
 
 def tissue_fraction(rgb: np.ndarray) -> float:
@@ -57,31 +67,53 @@ def tissue_fraction(rgb: np.ndarray) -> float:
     return float(np.count_nonzero(tissue)) / tissue.size
 
 
-def inspect_file(root_real: str, rel: str) -> FileFacts:
-    """Check `rel` (a relative, syntax-checked path) under the resolved folder `root_real`."""
+def file_byte_limit(max_pixels: int) -> int:
+    """Bytes read at most per file: an uncompressed RGBA image of `max_pixels`, plus 1 MiB."""
+    return 4 * max_pixels + (1 << 20)
+
+
+def inspect_file(root_real: str, rel: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> FileFacts:
+    """Check `rel` (a relative, syntax-checked path) under the resolved folder `root_real`.
+
+    Only a regular file is opened (`pathtrail.data.access`), at most `file_byte_limit(max_pixels)`
+    bytes are read, and the header (size, mode, frames) is judged before any pixel is decoded, so
+    one file costs at most a few times `max_pixels` bytes of memory. Warnings the imaging library
+    issues meanwhile are kept in `FileFacts.notes` (test_validation_budgets).
+    """
     if "\0" in rel:
-        return FileFacts("file_unreadable", "the path contains a NUL character")
+        return FileFacts("file_unreadable", "the path contains a NUL character", hint="fix the path")
     real = os.path.realpath(os.path.join(root_real, rel))
     if not real.startswith(root_real.rstrip(os.sep) + os.sep):
         return FileFacts("path_outside_root",
                          "resolves, through a symbolic link, to a place outside it")
-    try:
-        with open(real, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        return FileFacts("file_missing")
-    except IsADirectoryError:
-        return FileFacts("not_a_file", "is a folder")
-    except OSError as exc:
-        return FileFacts("file_unreadable", exc.strerror or type(exc).__name__)
+    with _warnings_kept() as notes:
+        facts = _inspect_regular(real, max_pixels)
+    return replace(facts, notes=tuple(notes)) if notes else facts
+
+
+def _inspect_regular(real: str, max_pixels: int) -> FileFacts:
+    data = read_regular(real, file_byte_limit(max_pixels))
+    if isinstance(data, Refusal):
+        problem = {"missing": "file_missing", "not_a_file": "not_a_file",
+                   "unreadable": "file_unreadable", "too_large": "file_too_large"}[data.kind]
+        own_hint = data.kind in ("unreadable", "not_a_file")  # else the rule's hint says more
+        return FileFacts(problem, data.reason, hint=data.hint if own_hint else "")
     if not data:
         return FileFacts("file_empty")
     digest = hashlib.sha256(data).hexdigest()
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()  # forces a full decode: a truncated file fails here, not in training
+        with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as img:  # lazy: the header only
             mode, (width, height) = img.mode, img.size
+            if width * height > max_pixels:
+                return FileFacts("image_too_large", f"{width}x{height} = {width * height} pixels, "
+                                 f"over the budget of {max_pixels}", digest, mode, width, height)
+            frames = int(getattr(img, "n_frames", 1) or 1)
+            if frames > 1:
+                return FileFacts("image_frames", f"{frames} frames", digest, mode, width, height)
+            img.load()  # forces a full decode: a truncated file fails here, not in training
             rgb = _as_rgb(img)
+    except Image.DecompressionBombError as exc:  # over twice Pillow's own limit, seen in the header
+        return FileFacts("image_too_large", str(exc), sha256=digest)
     except Exception as exc:  # noqa: BLE001  PIL raises many types (OSError, SyntaxError, ...)
         return FileFacts("image_decode", _decode_reason(exc), sha256=digest)
     return FileFacts(None, "", digest, mode, width, height,
@@ -100,21 +132,85 @@ def _as_rgb(img: Image.Image) -> np.ndarray | None:
 def _decode_reason(exc: Exception) -> str:
     text = str(exc).strip() or type(exc).__name__
     if "cannot identify image file" in text:
-        return "not an image (its content is no image format Pillow can read)"
+        return f"not an image in an accepted format ({', '.join(IMAGE_FORMATS)})"
     return text
 
 
-def inspect_files(root_real: str, rels: Sequence[str], workers: int) -> list[FileFacts]:
+# Warnings are routed per thread: `warnings.catch_warnings` swaps process-wide state and is not
+# thread-safe, so `_warnings_routed` enters it once, in the calling thread, around the whole pool;
+# while it is active every warning goes to `_route`, which appends it to the list of the file the
+# issuing thread is reading (a thread-local), never to stderr.
+_local = threading.local()
+_routing = threading.Lock()
+_routed_depth = 0
+
+
+def _route(message: Any, category: type[Warning], filename: str, lineno: int, file: Any = None,
+           line: str | None = None) -> None:
+    sink = getattr(_local, "sink", None)
+    if sink is None:  # not issued while a file was read: not ours to keep
+        _original_showwarning(message, category, filename, lineno, file, line)
+    else:
+        sink.append(f"{category.__name__}: {message}")
+
+
+_original_showwarning = warnings.showwarning
+
+
+@contextmanager
+def _warnings_routed() -> Iterator[None]:
+    """While active, every warning of any thread is routed by `_route`; re-entrant."""
+    global _routed_depth
+    with _routing:
+        outer = _routed_depth == 0
+        _routed_depth += 1
+    if not outer:
+        try:
+            yield
+        finally:
+            with _routing:
+                _routed_depth -= 1
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")  # once per file, not once per process
+        warnings.showwarning = _route
+        try:
+            yield
+        finally:
+            with _routing:
+                _routed_depth -= 1
+
+
+@contextmanager
+def _warnings_kept() -> Iterator[list[str]]:
+    """The warnings this thread issues during the block, as text (`inspect_files` routes them; a
+    direct call from one thread routes them itself)."""
+    notes: list[str] = []
+    previous = getattr(_local, "sink", None)
+    _local.sink = notes
+    try:
+        if _routed_depth:
+            yield notes
+        else:
+            with _warnings_routed():
+                yield notes
+    finally:
+        _local.sink = previous
+
+
+def inspect_files(root_real: str, rels: Sequence[str], workers: int,
+                  max_pixels: int = DEFAULT_MAX_PIXELS) -> list[FileFacts]:
     """`inspect_file` for every path, in order, on `workers` threads (1: in this thread)."""
     chunks = [rels[i:i + _CHUNK] for i in range(0, len(rels), _CHUNK)]
 
     def run(chunk: Sequence[str]) -> list[FileFacts]:
-        return [inspect_file(root_real, rel) for rel in chunk]
+        return [inspect_file(root_real, rel, max_pixels) for rel in chunk]
 
-    if workers <= 1 or len(chunks) <= 1:
-        return [facts for chunk in chunks for facts in run(chunk)]
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="inspect") as pool:
-        return [facts for result in pool.map(run, chunks) for facts in result]
+    with _warnings_routed():
+        if workers <= 1 or len(chunks) <= 1:
+            return [facts for chunk in chunks for facts in run(chunk)]
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="inspect") as pool:
+            return [facts for result in pool.map(run, chunks) for facts in result]
 
 
 def default_workers() -> int:
@@ -124,8 +220,16 @@ def default_workers() -> int:
 _FILE_RULES = {  # FileFacts.problem -> (message, hint)
     "file_missing": ("the file does not exist under the data root '{root}'",
                      "check the path (relative to the data root, case-sensitive) or add the file"),
-    "not_a_file": ("the path {detail}, not a file", "point the path at an image file"),
+    "not_a_file": ("the path {detail}", "point the path at an image file"),
     "file_unreadable": ("the file cannot be read ({detail})", "fix its permissions"),
+    "file_too_large": ("the file {detail} (4 x data.max_image_pixels + 1 MiB); it was not read",
+                       ("check that this is a patch, not a slide; re-export it, or raise "
+                       "data.max_image_pixels / --max-image-pixels")),
+    "image_too_large": ("the image is {detail}; it was not decoded",
+                        ("export patches, not whole slides or tiles; or raise data.max_image_pixels "
+                        "/ --max-image-pixels")),
+    "image_frames": ("the image holds {detail} (an animated or multi-page file); it was not decoded",
+                     "save each patch as a single-frame PNG or JPEG"),
     "path_outside_root": ("the path {detail} (data root '{root}')",
                           "copy the file into the data root instead of linking to it"),
     "file_empty": ("the file is empty (0 bytes)",
@@ -142,10 +246,14 @@ def judge_file(f: FileFacts, rules: Any, root: str) -> list[tuple[str, str, str,
     (convert: non-RGB is a warning, the readers convert; reject: an error), size_policy (resize:
     other sizes are warnings; reject: errors), min_tissue_fraction and tissue_policy (warn|reject).
     """
+    notes = [("warning", "image_library_warning", f"the imaging library warned: {note}",
+              "check that the file opens cleanly in an image viewer; re-export it if not")
+             for note in f.notes]
     if f.problem:
         message, hint = _FILE_RULES[f.problem]
-        return [("error", f.problem, message.format(root=root, detail=f.detail), hint)]
-    out: list[tuple[str, str, str, str]] = []
+        return [("error", f.problem, message.format(root=root, detail=f.detail), f.hint or hint),
+                *notes]
+    out: list[tuple[str, str, str, str]] = notes
 
     def add(severity: str, rule: str, message: str, hint: str) -> None:
         out.append((severity, rule, message, hint))

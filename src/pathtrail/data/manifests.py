@@ -2,28 +2,35 @@
 
 A manifest is a CSV file with at least the columns path, label, patient_id, slide_id, site (extra
 columns are kept). `read_manifest` accepts harmless variation (UTF-8 BOM, CRLF, blank lines, column
-order, whitespace around headers and cells, trailing empty columns) and returns a frame indexed by
-CSV line number (the header is line 1), so every problem found later names the line a user sees in
-an editor. `schema_problems` runs the pandera schema once (lazy) and turns each failure into a
+order, whitespace around headers, paths and extra cells, trailing empty columns; around labels
+and ids it is an error) and returns a frame indexed by CSV line number (the header is line 1), so
+every problem found later names the line a user sees in an editor. `schema_problems` runs the pandera schema once (lazy) and turns each failure into a
 `Problem` with the rule broken and a hint to fix it.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import difflib
 import io
 import posixpath
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pandera.pandas as pa
 
+from pathtrail.core.text import printable
+from pathtrail.data.access import Refusal, read_regular
 from pathtrail.data.schemas import REQUIRED_COLUMNS, is_safe_path, manifest_schema
 
+DEFAULT_MAX_MANIFEST_BYTES = 16 << 20  # data.max_manifest_bytes
+DEFAULT_MAX_MANIFEST_ROWS = 200_000  # data.max_manifest_rows
+_BOMS = ((codecs.BOM_UTF32_LE, "UTF-32 (little-endian)"), (codecs.BOM_UTF32_BE, "UTF-32 (big-endian)"),
+         (codecs.BOM_UTF16_LE, "UTF-16 (little-endian)"), (codecs.BOM_UTF16_BE, "UTF-16 (big-endian)"))
 FIX_HEADER = "the header must name at least the columns " + ",".join(REQUIRED_COLUMNS)
 _SHOW_LINES = 10  # line numbers listed in one message before "..."
 
@@ -52,7 +59,7 @@ class Problem:
     file: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return dict(vars(self))  # flat values: `asdict`'s deep copy costs 100x more per problem
 
     def format(self) -> str:
         where = [f"{self.cohort} manifest '{self.manifest}'" if self.manifest
@@ -61,7 +68,7 @@ class Problem:
         where += [f"column '{self.column}'"] if self.column else []
         where += [f"file '{self.file}'"] if self.file else []
         head = ", ".join(w for w in where if w)
-        return _printable(f"{head}: [{self.rule}] {self.message}") + f"\n      fix: {self.hint}"
+        return printable(f"{head}: [{self.rule}] {self.message}") + f"\n      fix: {printable(self.hint)}"
 
 
 @dataclass
@@ -77,11 +84,6 @@ class Scope:
         self.problems.append(Problem(severity, rule, message, hint, *where))
 
 
-def _printable(text: str) -> str:
-    """Control characters (a NUL in a path, say) shown escaped, never sent to the terminal."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
 def line_number(value: Any) -> int | None:
     return None if value is None or pd.isna(value) else int(value)
 
@@ -92,25 +94,41 @@ def list_lines(lines: Any) -> str:
     return ", ".join(map(str, lines[:_SHOW_LINES])) + more
 
 
-def read_manifest(scope: Scope) -> pd.DataFrame | None:
+def read_manifest(scope: Scope, max_bytes: int = DEFAULT_MAX_MANIFEST_BYTES,
+                  max_rows: int = DEFAULT_MAX_MANIFEST_ROWS) -> pd.DataFrame | None:
     """The manifest as a frame of stripped strings (empty cells null), indexed by CSV line number.
 
-    Returns None when the file cannot be read as a table at all (the reasons are in `scope`).
+    Only a regular file of at most `max_bytes` is read (`pathtrail.data.access`): `--internal
+    /dev/zero` or a FIFO is refused from its `stat`; parsing stops past `max_rows` rows (memory
+    grows with rows, about 1.5 KB each when every row has a problem). Returns None when the file cannot be read as a
+    table at all (the reasons are in `scope`).
     """
-    path, add = scope.cohort.manifest, scope.add
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        add("error", "manifest_missing", "the manifest file does not exist",
-            f"check the path given for the {scope.cohort.name} manifest")
-        return None
-    except OSError as exc:
-        add("error", "manifest_unreadable", f"the manifest cannot be read ({exc.strerror})",
-            "pass a readable CSV file")
+    add = scope.add
+    raw = read_regular(scope.cohort.manifest, max_bytes)
+    if isinstance(raw, Refusal):
+        if raw.kind == "missing":
+            add("error", "manifest_missing", "the manifest file does not exist",
+                f"check the path given for the {scope.cohort.name} manifest")
+        elif raw.kind == "too_large":
+            add("error", "manifest_too_large", f"the manifest {raw.reason}; it was not read",
+                "check that this is the manifest (one row per patch); raise "
+                "data.max_manifest_bytes / --max-manifest-bytes if it is")
+        else:
+            add("error", "manifest_unreadable", f"the manifest cannot be read: it {raw.reason}"
+                if raw.kind == "not_a_file" else f"the manifest cannot be read ({raw.reason})",
+                "pass a readable CSV file" if raw.kind == "not_a_file" else raw.hint)
         return None
     if not raw.strip():
         add("error", "manifest_empty", f"the manifest is empty ({len(raw)} bytes)", FIX_HEADER +
             ", then one row per patch")
+        return None
+    if wide := wide_encoding(raw):
+        add("error", "manifest_encoding", f"the manifest is {wide}, not UTF-8", "save it as UTF-8 "
+            "CSV (in Excel: 'CSV UTF-8'; or: iconv -f UTF-16 -t UTF-8)")
+        return None
+    if b"\0" in raw:
+        add("error", "manifest_encoding", "the manifest contains NUL bytes: it is binary data, not "
+            "CSV text", "pass the CSV manifest (UTF-8 text)", line=raw[:raw.index(b"\0")].count(b"\n") + 1)
         return None
     try:
         text = raw.decode("utf-8-sig")
@@ -120,7 +138,7 @@ def read_manifest(scope: Scope) -> pd.DataFrame | None:
         return None
     reader = csv.reader(io.StringIO(text, newline=""))
     header: list[str] | None = None
-    rows, lines, end, header_line = [], [], 0, 1
+    rows, lines, padded, end, header_line = [], [], [], 0, 1
     try:
         for record in reader:
             start, end = end + 1, reader.line_num
@@ -128,9 +146,16 @@ def read_manifest(scope: Scope) -> pd.DataFrame | None:
                 continue
             if header is None:
                 header, header_line = [cell.strip() for cell in record], start
+            elif len(rows) >= max_rows:
+                add("error", "manifest_too_large", f"the manifest has more than {max_rows} rows; "
+                    "it was not checked", "split the cohort, or raise data.max_manifest_rows / "
+                    "--max-manifest-rows", line=start)
+                return None
             else:
                 rows.append([cell.strip() or None for cell in record])
                 lines.append(start)
+                padded.append({i: cell for i, cell in enumerate(record)
+                               if cell.strip() and cell != cell.strip()})
     except csv.Error as exc:
         add("error", "manifest_syntax", f"the CSV cannot be parsed: {exc}",
             "check the quoting on this line", line=reader.line_num)
@@ -140,6 +165,7 @@ def read_manifest(scope: Scope) -> pd.DataFrame | None:
     if keep is None:
         return None
     width, well_formed = len(header), []
+    _whitespace_problems(header, lines, padded, scope)
     for line, row in zip(lines, rows, strict=True):
         if len(row) > width and not any(row[width:]):
             del row[width:]  # trailing empty cells (e.g. commas added by a spreadsheet)
@@ -161,6 +187,52 @@ def read_manifest(scope: Scope) -> pd.DataFrame | None:
         safe = is_safe_path(frame["path"])
         frame.loc[safe, "path"] = [posixpath.normpath(p) for p in frame.loc[safe, "path"]]
     return frame
+
+
+_SPACED_COLUMNS = ("label", "patient_id", "slide_id", "site")
+
+
+def _whitespace_problems(header: list[str], lines: list[int], padded: list[dict[int, str]],
+                         scope: Scope) -> None:
+    """Values with leading/trailing spaces in label and the id columns: one error per column."""
+    for name in _SPACED_COLUMNS:
+        if name not in header:
+            continue
+        i = header.index(name)
+        hits = [(line, cells[i]) for line, cells in zip(lines, padded, strict=True) if i in cells]
+        if hits:
+            scope.add("error", "value_whitespace", f"{len(hits)} value(s) have leading or trailing "
+                      f"spaces, e.g. '{hits[0][1]}' (lines {list_lines(h[0] for h in hits)})",
+                      f"remove the spaces around the {name} values: ' tumour' is not the class "
+                      "'tumour' and ' P1' not the patient 'P1' to every tool downstream "
+                      "(spreadsheets and hand-edited CSVs add them)", line=hits[0][0], column=name)
+
+
+def wide_encoding(raw: bytes) -> str | None:
+    """'UTF-16 (little-endian) with a BOM' and the like when `raw` is UTF-16/32 text, else None.
+
+    Without a BOM the NUL bytes give it away: CSV text is mostly ASCII (digits, commas, newlines),
+    whose UTF-16/32 code units are one ASCII byte and one or three NULs, in a fixed order.
+    """
+    for bom, name in _BOMS:
+        if raw.startswith(bom):
+            return f"{name} with a BOM"
+    head = raw[:4096]
+    if b"\0" not in head or len(head) < 4:
+        return None
+    head = head[:len(head) - len(head) % 4]
+    quarter = len(head) // 4
+    zeros = [head[k::4].count(0) / quarter for k in range(4)]
+    if min(zeros[1:]) >= 0.9 and zeros[0] <= 0.1:
+        return "UTF-32 (little-endian) without a BOM"
+    if min(zeros[:3]) >= 0.9 and zeros[3] <= 0.1:
+        return "UTF-32 (big-endian) without a BOM"
+    even, odd = head[0::2].count(0) / (2 * quarter), head[1::2].count(0) / (2 * quarter)
+    if odd >= 0.6 and even <= 0.1:
+        return "UTF-16 (little-endian) without a BOM"
+    if even >= 0.6 and odd <= 0.1:
+        return "UTF-16 (big-endian) without a BOM"
+    return None
 
 
 def _check_header(header: list[str], rows: list[list[Any]], scope: Scope,

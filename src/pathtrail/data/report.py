@@ -9,21 +9,50 @@ from pathtrail.core.text import printable
 from pathtrail.data.manifests import Problem
 
 WARNINGS_SHOWN_PER_RULE = 20
+ERRORS_SHOWN_PER_RULE = 10  # more of one rule are counted, not listed (all are in the JSON report)
 
 
-def format_problems(problems: list[dict[str, Any]], per_rule: int | None = None) -> list[str]:
-    """One readable entry per problem; with `per_rule`, at most that many of each rule."""
+def format_problems(problems: list[dict[str, Any]], per_rule: int | None = None,
+                    cohorts: dict[str, Any] | None = None,
+                    omitted: dict[str, dict[str, int]] | None = None) -> list[str]:
+    """One readable entry per problem; with `per_rule`, at most that many of each rule, after a
+    summary line for each rule that repeats more often (test_validation_messages). `omitted`:
+    entries the report left out, by cohort and rule (counted in the summary)."""
     shown: Counter[str] = Counter()
     lines, hidden = [], Counter()
+    for by_rule in (omitted or {}).values():
+        hidden.update(by_rule)
     for p in problems:
         shown[p["rule"]] += 1
         if per_rule is not None and shown[p["rule"]] > per_rule:
             hidden[p["rule"]] += 1
             continue
-        lines.append("  " + Problem(**p).format())
-    lines += [f"  ... and {n} more '{rule}' (all are in the JSON report: --json)"
+        lines += ("  " + Problem(**p).format()).split("\n")  # its only raw newline: before "fix:"
+    lines += [f"  ... and {n} more '{rule}' (see the JSON report)"
               for rule, n in sorted(hidden.items())]
-    return lines
+    return repeated_summary(problems, per_rule, cohorts or {}, omitted or {}) + lines
+
+
+def repeated_summary(problems: list[dict[str, Any]], per_rule: int | None,
+                     cohorts: dict[str, Any], omitted: dict[str, dict[str, int]]) -> list[str]:
+    """One line per (cohort, rule) that repeats: "792 files missing under the data root ...".
+
+    Many missing files usually mean one wrong data root, so that case asks about it.
+    """
+    counts = Counter((p["cohort"], p["rule"]) for p in problems)
+    for cohort, by_rule in omitted.items():
+        for rule, n in by_rule.items():
+            counts[cohort, rule] += n
+    out = []
+    for (cohort, rule), n in counts.items():  # in the report's order: by cohort, then by line
+        summary = cohorts.get(cohort) or {}
+        if rule == "file_missing" and (n > (per_rule or 0) or n == summary.get("rows", 0) > 1):
+            of = f" (of {summary['rows']})" if "rows" in summary else ""
+            out.append(f"  {cohort}: {n} files{of} missing under the data root "
+                       f"'{summary.get('data_root', '?')}' - is --data-root (data.data_root) right?")
+        elif per_rule is not None and n > per_rule:
+            out.append(f"  {cohort}: {n} x [{rule}] (the first {per_rule} are listed)")
+    return out
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -60,10 +89,13 @@ def format_report(report: dict[str, Any]) -> str:
             out.append(f"  images: {images}" + (f"; tissue fraction min {tissue['min']}, median "
                                                  f"{tissue['median']}" if tissue else ""))
     if report["errors"]:
-        out += ["", f"ERRORS ({report['n_errors']}):", *format_problems(report["errors"])]
+        out += ["", f"ERRORS ({report['n_errors']}):",
+                *format_problems(report["errors"], ERRORS_SHOWN_PER_RULE, report["cohorts"],
+                                 report["omitted"]["errors"])]
     if report["warnings"]:
         out += ["", f"WARNINGS ({report['n_warnings']}):",
-                *format_problems(report["warnings"], WARNINGS_SHOWN_PER_RULE)]
+                *format_problems(report["warnings"], WARNINGS_SHOWN_PER_RULE, report["cohorts"],
+                                 report["omitted"]["warnings"])]
     return "\n".join(printable(line) for line in out) + "\n"  # user strings cannot forge lines or colours
 
 

@@ -8,7 +8,8 @@ cohorts as a whole, and returns the validated tables, every problem and a JSON-r
 writes nothing.
 
 Harmless variation is accepted: a UTF-8 BOM, CRLF line endings, any column order, blank lines,
-surrounding whitespace in headers and cells, trailing empty columns. A `label` is the class index
+surrounding whitespace in headers, paths and extra cells, trailing empty columns. Spaces
+around a label, patient_id, slide_id or site are an error (they read as another class or id). A `label` is the class index
 (0..K-1) or the class name from `data.classes`; validated tables store the index.
 
 Policies (params `data.*`, or CLI options): `mode_policy=convert` accepts grayscale/RGBA/palette
@@ -16,6 +17,12 @@ images, which the pipeline's readers convert to RGB, and reports each as a warni
 error); `size_policy=resize` accepts other sizes, which the readers resize, as warnings (`reject`:
 errors); `tissue_policy=warn|reject` for patches whose tissue fraction (`pathtrail.data.images`) is below
 `min_tissue_fraction`. Line numbers are those of the CSV file, the header being line 1.
+
+Budgets (`data.max_image_pixels`, `max_manifest_bytes`, `max_manifest_rows`): only regular files
+are opened, and manifests and images over their limits are refused from their `stat` or header,
+never read or decoded, so a run stays under ~500 MB whatever the input
+(tests/unit/test_validation_budgets.py). The external cohort must not share patients, slides,
+image content or (unless `data.allow_shared_site`) sites with the internal one.
 """
 
 from __future__ import annotations
@@ -28,8 +35,10 @@ from typing import Any
 
 import pandas as pd
 
-from pathtrail.data.images import default_workers, inspect_files, judge_file
+from pathtrail.data.images import DEFAULT_MAX_PIXELS, default_workers, inspect_files, judge_file
 from pathtrail.data.manifests import (
+    DEFAULT_MAX_MANIFEST_BYTES,
+    DEFAULT_MAX_MANIFEST_ROWS,
     Cohort,
     Problem,
     Scope,
@@ -54,13 +63,19 @@ class Rules:
     tissue_policy: str = "warn"
     min_per_class: int = 5
     duplicate_content: str = "error"  # identical images under two patients: error, or merge
+    max_image_pixels: int = DEFAULT_MAX_PIXELS  # larger images are refused from their header
+    max_manifest_bytes: int = DEFAULT_MAX_MANIFEST_BYTES  # larger manifests are not read
+    max_manifest_rows: int = DEFAULT_MAX_MANIFEST_ROWS  # longer manifests are not checked
+    allow_shared_site: bool = False  # may the external cohort come from an internal site?
 
     @classmethod
     def from_params(cls, data: Any) -> Rules:
         """From the `data` params section (`pathtrail.config.sections.DataParams`)."""
         return cls(tuple(data.classes), data.patch_size, data.mode_policy, data.size_policy,
                    data.min_tissue_fraction, data.tissue_policy, data.min_per_class,
-                   data.duplicate_content)
+                   data.duplicate_content,
+                   data.max_image_pixels, data.max_manifest_bytes, data.max_manifest_rows,
+                   data.allow_shared_site)
 
 
 @dataclass
@@ -96,7 +111,7 @@ def file_problems(frame: pd.DataFrame, scope: Scope, rules: Rules, workers: int)
         return facts_frame
     safe = is_safe_path(frame["path"])
     rels, lines = frame["path"][safe].tolist(), frame.index[safe]
-    facts = inspect_files(os.path.realpath(root), rels, workers)
+    facts = inspect_files(os.path.realpath(root), rels, workers, rules.max_image_pixels)
     root_text = root.as_posix()
     for line, rel, fact in zip(lines, rels, facts, strict=True):
         for severity, rule, message, hint in judge_file(fact, rules, root_text):
@@ -150,6 +165,8 @@ def cohort_problems(frame: pd.DataFrame, labels: pd.Series, scope: Scope, rules:
             scope.add("warning", "class_absent", f"class '{name}' has no patches in this cohort",
                       "metrics for this class will be undefined on this cohort", column="label")
     pairs = frame[["slide_id", "patient_id"]].dropna().drop_duplicates()
+    shared = pairs["slide_id"][pairs["slide_id"].duplicated()].unique()  # not a loop over slides
+    pairs = pairs[pairs["slide_id"].isin(shared)]
     for slide, group in pairs.groupby("slide_id", sort=True):
         if len(group) > 1:
             scope.add("error", "slide_multiple_patients", f"slide '{slide}' is listed under "
@@ -210,14 +227,18 @@ def duplicate_content_problems(frame: pd.DataFrame, labels: pd.Series, scope: Sc
                       "between train and test", **where)
 
 
-def cross_cohort_problems(frames: dict[str, pd.DataFrame], scopes: dict[str, Scope]) -> None:
-    """Internal and external must be disjoint: patients, slides, image content."""
+def cross_cohort_problems(frames: dict[str, pd.DataFrame], scopes: dict[str, Scope],
+                          allow_shared_site: bool = False) -> None:
+    """Internal and external must be disjoint: patients, slides, image content, and (unless
+    `allow_shared_site`) sites: an external test set comes from another site."""
     if not {"internal", "external"} <= frames.keys():
         return
     internal, external = frames["internal"], frames["external"]
     what = {"patient_id": ("patient_in_both_cohorts", "patient"),
             "slide_id": ("slide_in_both_cohorts", "slide"),
             "sha256": ("image_in_both_cohorts", "identical image content")}
+    if not allow_shared_site:
+        what["site"] = ("site_in_both_cohorts", "site")
     other = scopes["external"].cohort.manifest.as_posix()
     for column, (rule, noun) in what.items():
         if column not in internal or column not in external:
@@ -228,10 +249,13 @@ def cross_cohort_problems(frames: dict[str, pd.DataFrame], scopes: dict[str, Sco
             line, ext_line = first_int[value], first_ext[value]
             shown = f"{noun} '{value}'" if column != "sha256" else noun
             extra = f" ('{external.at[ext_line, 'path']}')" if column == "sha256" else ""
+            hint = ("take the external cohort from another site (an external test measures how "
+                    "the model transfers), or set data.allow_shared_site / --allow-shared-site"
+                    if column == "site" else "remove it from one cohort: an external test set "
+                    "must not share patients, slides or images")
             scopes["internal"].add(
                 "error", rule, f"{shown} is also in the external manifest '{other}' (line "
-                f"{ext_line}{extra}); the external cohort must be independent", "remove it from "
-                "one cohort: an external test set must not share patients, slides or images",
+                f"{ext_line}{extra}); the external cohort must be independent", hint,
                 line, column if column != "sha256" else "path", internal.at[line, "path"])
 
 
@@ -271,22 +295,43 @@ def _describe_column(values: pd.Series) -> dict[str, Any]:
     return out
 
 
+REPORT_ENTRIES_PER_RULE = 1000  # per cohort; the rest are counted (a bounded report, and memory)
+
+
+def _listed(problems: list[Problem], severity: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The first REPORT_ENTRIES_PER_RULE entries of each (cohort, rule), and how many were left out."""
+    seen: Counter[tuple[Any, str]] = Counter()
+    listed, omitted = [], {}
+    for p in problems:
+        if p.severity != severity:
+            continue
+        seen[p.cohort, p.rule] += 1
+        if seen[p.cohort, p.rule] <= REPORT_ENTRIES_PER_RULE:
+            listed.append(p.to_dict())
+        else:
+            omitted.setdefault(str(p.cohort), {})[p.rule] = seen[p.cohort, p.rule] - REPORT_ENTRIES_PER_RULE
+    return listed, omitted
+
+
 def build_report(result_problems: list[Problem], summaries: dict[str, Any],
                  rules: Rules) -> dict[str, Any]:
-    errors = [p.to_dict() for p in result_problems if p.severity == "error"]
-    warnings = [p.to_dict() for p in result_problems if p.severity == "warning"]
+    errors, errors_omitted = _listed(result_problems, "error")
+    warnings, warnings_omitted = _listed(result_problems, "warning")
+    counts = {s: Counter(p.rule for p in result_problems if p.severity == s) for s in ("error", "warning")}
     return {
         "status": "failed" if errors else "ok",
         "rules": {**asdict(rules), "classes": list(rules.classes)},
         "tissue_definition": "a pixel is tissue when its darkest RGB channel is < 215 or its "
                              "channel mean is < 220",
         "cohorts": summaries,
-        "n_errors": len(errors),
-        "n_warnings": len(warnings),
-        "error_counts": dict(sorted(Counter(p["rule"] for p in errors).items())),
-        "warning_counts": dict(sorted(Counter(p["rule"] for p in warnings).items())),
+        "n_errors": sum(counts["error"].values()),
+        "n_warnings": sum(counts["warning"].values()),
+        "error_counts": dict(sorted(counts["error"].items())),
+        "warning_counts": dict(sorted(counts["warning"].items())),
         "errors": errors,
         "warnings": warnings,
+        "omitted": {"per_rule_listed": REPORT_ENTRIES_PER_RULE, "errors": errors_omitted,
+                    "warnings": warnings_omitted},
     }
 
 
@@ -304,7 +349,7 @@ def validate_cohorts(cohorts: list[Cohort], rules: Rules, workers: int | None = 
     frames, labels, summaries = {}, {}, {}
     for cohort in cohorts:
         scope = scopes[cohort.name]
-        frame = read_manifest(scope)
+        frame = read_manifest(scope, rules.max_manifest_bytes, rules.max_manifest_rows)
         if frame is None:
             summaries[cohort.name] = None
             continue
@@ -321,7 +366,7 @@ def validate_cohorts(cohorts: list[Cohort], rules: Rules, workers: int | None = 
         frames[cohort.name] = frame
         summaries[cohort.name] = cohort_summary(frame, labels[cohort.name], facts, cohort,
                                                 rules.classes)
-    cross_cohort_problems(frames, scopes)
+    cross_cohort_problems(frames, scopes, rules.allow_shared_site)
     problems = [p for s in scopes.values()  # by cohort, then by line (file-level first)
                 for p in sorted(s.problems, key=lambda p: (p.line is not None, p.line or 0))]
     report = build_report(problems, summaries, rules)

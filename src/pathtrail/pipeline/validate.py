@@ -16,7 +16,8 @@ from pathtrail.config.loading import parse_section
 from pathtrail.config.sections import DataParams
 from pathtrail.core.errors import PathTrailError
 from pathtrail.core.files import atomic_dir, remove_outputs, write_csv, write_json
-from pathtrail.data.report import format_problems, format_report
+from pathtrail.data.access import is_regular_within
+from pathtrail.data.report import ERRORS_SHOWN_PER_RULE, format_problems, format_report
 from pathtrail.data.validation import Cohort, Rules, ValidationResult, validate_cohorts
 from pathtrail.pipeline.stagekit import get_logger, path_option
 from pathtrail.provenance import audit
@@ -35,10 +36,14 @@ def run(params: Mapping[str, Any], paths: Paths, *, trail: str | None = None) ->
     root = Path(data.data_root)
     manifests = {"internal": data.internal_manifest, "external": data.external_manifest}
     cohorts = [Cohort(name, Path(path), root) for name, path in manifests.items() if path]
-    inputs = [c.manifest for c in cohorts] + [root]
+    rules = Rules.from_params(data)
+    # a manifest that is no regular file within budget (a FIFO, /dev/zero) is not hashed either:
+    # validation reports it and the stage fails
+    inputs = [c.manifest for c in cohorts if is_regular_within(c.manifest, rules.max_manifest_bytes)]
+    inputs += [root] if root.is_dir() else []
     with audit.stage("validate", inputs=inputs, params={"data": params["data"], "execution": params.get("execution")},
                      trail=trail) as rec:
-        result = validate_cohorts(cohorts, Rules.from_params(data))
+        result = validate_cohorts(cohorts, rules)
         log_summary(result)
         rec.note(errors=len(result.errors), warnings=len(result.warnings),
                  **{f"{name}_patches": len(t) for name, t in result.tables.items()})
@@ -58,7 +63,10 @@ def fail(result: ValidationResult, paths: Paths) -> NoReturn:
     if paths.failure_report:
         write_json(result.report, paths.failure_report)
     head = f"{len(result.errors)} error(s) in the data; nothing was written."
-    raise PathTrailError("\n".join([head, *format_problems(result.report["errors"])]))
+    report = result.report
+    listed = format_problems(report["errors"], ERRORS_SHOWN_PER_RULE, report["cohorts"],
+                             report["omitted"]["errors"])
+    raise PathTrailError("\n".join([head, *listed]))
 
 
 def log_summary(result: ValidationResult) -> None:
