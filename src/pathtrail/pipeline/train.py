@@ -69,7 +69,7 @@ def run(params: Mapping[str, Any], paths: Paths, *, trail: str | None = None,
 
 def train_here(params: Mapping[str, Any], paths: Paths, world: D.World, device: torch.device,
                trail: str | None) -> FitResult:
-    inp = load_training_inputs(params, paths.store, paths.split)
+    inp = load_training_inputs(params, paths.store, paths.split, paths.reference)
     section = {k: params.get(k) for k in TRAINING_SECTIONS}
     checkpoint = Path(paths.checkpoint)
     curves = Path(paths.curves)

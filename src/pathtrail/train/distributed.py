@@ -18,12 +18,13 @@ GPU per process, `cuda:LOCAL_RANK`), gloo on CPU.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import importlib.util
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,11 +34,19 @@ import torch
 import torch.distributed as dist
 
 from pathtrail.config.loading import ParamsError
+from pathtrail.core.errors import PathTrailError
 from pathtrail.core.system import usable_cpus
 
 # Environment torchrun sets in every worker; LOCAL_RANK + WORLD_SIZE mark "already launched".
 LAUNCHED_MARKERS = ("LOCAL_RANK", "WORLD_SIZE")
 RANK_SEED_KEY = 0xD15C
+# How long a collective may wait for a rank that is gone or stuck before every rank gives up with an
+# error (instead of torch's 30 min on gloo). Generous: one rank may be writing a large checkpoint.
+COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=10)
+
+
+class PeerFailed(PathTrailError):
+    """This rank stops because another rank failed; that rank reports the error (once)."""
 
 
 @dataclass(frozen=True)
@@ -117,14 +126,21 @@ def backend_for(device: torch.device) -> str:
 
 
 @contextlib.contextmanager
-def process_group(world: World, device: torch.device) -> Iterator[World]:
-    """Join the torchrun rendezvous (env://) for the duration of the block; no-op for 1 process."""
+def process_group(world: World, device: torch.device,
+                  timeout: datetime.timedelta = COLLECTIVE_TIMEOUT) -> Iterator[World]:
+    """Join the torchrun rendezvous (env://) for the duration of the block; no-op for 1 process.
+
+    A collective that waits longer than `timeout` raises on every rank waiting in it (NCCL: with
+    async error handling, set here unless the user chose otherwise), so a rank that died or hangs
+    ends the others too; under torchrun the first rank to exit with an error also stops the rest.
+    """
     if not world.distributed:
         yield world
         return
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group(backend_for(device), rank=world.rank, world_size=world.size)
+        os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
+    dist.init_process_group(backend_for(device), rank=world.rank, world_size=world.size, timeout=timeout)
     try:
         yield world
     finally:
@@ -221,6 +237,30 @@ def broadcast_object(obj: Any, world: World) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def main_only(fn: Callable[[], Any], world: World, what: str) -> Any:
+    """Run `fn` on rank 0 and hand its result to every rank; an error there ends every rank.
+
+    Rank 0 raises its own error (reported once, there); the others raise `PeerFailed` saying
+    that rank 0 failed while `what`, instead of waiting for a result that never comes.
+    """
+    if not world.distributed:
+        return fn()
+    result: Any = None
+    error: BaseException | None = None
+    if world.is_main:
+        try:
+            result = fn()
+        except BaseException as exc:  # noqa: BLE001  re-raised below, after the peers are told
+            error = exc
+    status, value = broadcast_object(("failed", None) if error is not None else ("ok", result), world)
+    if error is not None:
+        raise error
+    if status != "ok":
+        raise PeerFailed(f"rank {world.rank} stopped: rank 0 failed while {what} (its error is reported "
+                         "by rank 0)")
+    return value
 
 
 def barrier(world: World) -> None:
