@@ -64,7 +64,12 @@ def run(params: Mapping[str, Any], paths: Paths, *, trail: str | None = None,
         get_logger().info("train.worker", local_rank=world.local_rank, device=str(device),
                           backend=D.backend_for(device))
     with D.process_group(world, device):
-        return train_here(params, paths, world, device, trail)
+        try:
+            return train_here(params, paths, world, device, trail)
+        except RuntimeError as exc:  # a rank that died or hung: end this one with one line, not a traceback
+            if not (world.distributed and D.is_collective_failure(exc)):
+                raise
+            raise D.peer_failure(exc, world) from None
 
 
 def train_here(params: Mapping[str, Any], paths: Paths, world: D.World, device: torch.device,

@@ -263,6 +263,23 @@ def main_only(fn: Callable[[], Any], world: World, what: str) -> Any:
     return value
 
 
+def is_collective_failure(exc: BaseException) -> bool:
+    """Whether `exc` is a collective that failed because another rank died, hung or hung up
+    (gloo raises a plain RuntimeError naming itself; NCCL and torch's own checks a DistError)."""
+    text = str(exc)
+    return isinstance(exc, dist.DistError) or (isinstance(exc, RuntimeError) and any(
+        s in text for s in ("gloo", "Gloo", "NCCL", "Connection closed by peer", "Connection reset by peer")))
+
+
+def peer_failure(exc: BaseException, world: World) -> PeerFailed:
+    """The one-line error a rank ends with when a collective failed under it (the cause is reported
+    by the rank that failed, or by torchrun)."""
+    first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+    return PeerFailed(f"rank {world.rank} stopped: a collective with the other training processes failed "
+                      f"({first}); another rank failed, hung or was stopped, and its error is reported there. "
+                      "A checkpoint, if one was saved, is resumed by the next run.")
+
+
 def barrier(world: World) -> None:
     if world.distributed:
         dist.barrier()
