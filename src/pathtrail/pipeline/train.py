@@ -64,12 +64,7 @@ def run(params: Mapping[str, Any], paths: Paths, *, trail: str | None = None,
         get_logger().info("train.worker", local_rank=world.local_rank, device=str(device),
                           backend=D.backend_for(device))
     with D.process_group(world, device):
-        try:
-            return train_here(params, paths, world, device, trail)
-        except RuntimeError as exc:  # a rank that died or hung: end this one with one line, not a traceback
-            if not (world.distributed and D.is_collective_failure(exc)):
-                raise
-            raise D.peer_failure(exc, world) from None
+        return train_here(params, paths, world, device, trail)
 
 
 def train_here(params: Mapping[str, Any], paths: Paths, world: D.World, device: torch.device,
@@ -81,7 +76,7 @@ def train_here(params: Mapping[str, Any], paths: Paths, world: D.World, device: 
     recording = (audit.stage("train", inputs=[paths.store, paths.split, paths.reference], params=section,
                              trail=trail)
                  if world.is_main else contextlib.nullcontext(audit.StageRecord()))
-    with recording as rec:
+    with recording as rec, D.peer_failures_reported(world):
         result = fit(inp.store, inp.splits["train"], inp.splits["val"], inp.train, inp.model, inp.runtime,
                      num_classes=len(inp.data.classes), fingerprint=inp.fingerprint, checkpoint=checkpoint,
                      device=device, world=world)

@@ -21,6 +21,7 @@ import contextlib
 import datetime
 import importlib.util
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -274,10 +275,23 @@ def is_collective_failure(exc: BaseException) -> bool:
 def peer_failure(exc: BaseException, world: World) -> PeerFailed:
     """The one-line error a rank ends with when a collective failed under it (the cause is reported
     by the rank that failed, or by torchrun)."""
-    first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+    text = str(exc).strip()
+    first = re.sub(r"^\[[^\]]*\]\s*", "", text.splitlines()[0]).split(". ")[0][:300] if text else type(exc).__name__
     return PeerFailed(f"rank {world.rank} stopped: a collective with the other training processes failed "
                       f"({first}); another rank failed, hung or was stopped, and its error is reported there. "
                       "A checkpoint, if one was saved, is resumed by the next run.")
+
+
+@contextlib.contextmanager
+def peer_failures_reported(world: World) -> Iterator[None]:
+    """Inside the block, a collective that fails under this rank (another rank died or hung) ends
+    it with `peer_failure`'s one line (a PathTrailError: no traceback) instead of gloo's or NCCL's."""
+    try:
+        yield
+    except RuntimeError as exc:
+        if not (world.distributed and is_collective_failure(exc)):
+            raise
+        raise peer_failure(exc, world) from None
 
 
 def barrier(world: World) -> None:
