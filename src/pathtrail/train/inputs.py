@@ -11,7 +11,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-import pathtrail
 from pathtrail.config.loading import parse_section
 from pathtrail.config.sections import (
     TRAINING_SECTIONS,
@@ -67,7 +66,7 @@ def load_training_inputs(raw: Mapping[str, Any], store_dir: str, split_dir: str,
 
 def library_code_sha256() -> str:
     """sha256 over the pathtrail package's Python sources (sorted relative path and file hash)."""
-    root = Path(pathtrail.__file__).resolve().parent
+    root = Path(__file__).resolve().parents[1]  # src/pathtrail
     return digest({f.relative_to(root).as_posix(): sha256_file(f) for f in sorted(root.rglob("*.py"))})
 
 
