@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import sys
 
 import numpy as np
 import pandas as pd
@@ -169,3 +170,19 @@ def test_checkpoint_from_a_store_with_other_pixels_is_not_resumed(tmp_path):
     assert ckpt.is_file()  # the epoch-1 checkpoint stays until the stage removes it
     assert run(b).resumed_from is None and len(_set_aside(ckpt)) == 1
     assert run(b).resumed_from == 1  # its own checkpoint is resumed
+
+
+def test_fingerprint_sees_the_source_of_every_loaded_library_module(tmp_path, monkeypatch):
+    import types
+
+    from pathtrail.train.inputs import library_code_sha256
+
+    before = library_code_sha256()
+    source = tmp_path / "probe.py"
+    source.write_text("X = 1\n")
+    probe = types.ModuleType("pathtrail._probe")
+    probe.__file__ = str(source)
+    monkeypatch.setitem(sys.modules, "pathtrail._probe", probe)  # as if train had imported it
+    with_probe = library_code_sha256()
+    source.write_text("X = 2\n")
+    assert len({before, with_probe, library_code_sha256()}) == 3

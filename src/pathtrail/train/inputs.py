@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,9 +66,14 @@ def load_training_inputs(raw: Mapping[str, Any], store_dir: str, split_dir: str,
 
 
 def library_code_sha256() -> str:
-    """sha256 over the pathtrail package's Python sources (sorted relative path and file hash)."""
-    root = Path(__file__).resolve().parents[1]  # src/pathtrail
-    return digest({f.relative_to(root).as_posix(): sha256_file(f) for f in sorted(root.rglob("*.py"))})
+    """sha256 over the source of every pathtrail module this process has loaded (name, file hash).
+
+    In the train stage that is the library code train runs: everything the stage imported by the
+    time it reads its inputs (the training code imports nothing of pathtrail later). An edit to a
+    module train does not load (a report, the CLI) leaves the fingerprint, and a resume, alone."""
+    files = {name: getattr(m, "__file__", None) for name, m in list(sys.modules.items())
+             if name == "pathtrail" or name.startswith("pathtrail.")}
+    return digest({name: sha256_file(f) for name, f in sorted(files.items()) if f and f.endswith(".py")})
 
 
 def score_loader(store: PatchStore, table: pd.DataFrame, data: DataParams, batch_size: int, seed: int):
