@@ -138,6 +138,35 @@ def test_production_with_compile_stops_on_a_failed_gate(pipeline, tmp_path, monk
     assert "compile validation FAILED" in err and "step-0 loss differs" in err
 
 
+class _RecompileFails(torch.nn.Module):
+    """A "compiled" model whose third call fails as a recompile would (the real module otherwise)."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net, self.calls = net, 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls == 3:
+            from torch._dynamo.exc import RecompileError
+
+            raise RecompileError("recompiling for a new input shape failed")
+        return self.net(x)
+
+
+def test_a_compile_failure_after_the_first_step_is_reported_not_compared(pipeline, tmp_path, monkeypatch):
+    """The compiled run went eager at step 2: a mixed run is no comparison, and the report says so."""
+    monkeypatch.chdir(pipeline)
+    monkeypatch.setattr(torch, "compile", lambda model, **_: _RecompileFails(model))
+    params = write_params(tmp_path, tiny_params(pipeline))
+    out = tmp_path / "compile_check.json"
+    run_stage("compile_check", "--params", str(params), "--out", str(out), "--curves", str(tmp_path / "loss.csv"),
+              "--figure", str(tmp_path / "loss.png"))
+    report = json.loads(out.read_text())
+    assert report["status"] == "not_available" and report["passed"] is None
+    assert "fell back to eager at step 2: RecompileError" in report["error"]
+
+
 def test_the_threshold_is_locked_in_the_trail_before_test_or_external_is_opened(pipeline, tmp_path,
                                                                                   monkeypatch):
     from pathtrail.pipeline import evaluate

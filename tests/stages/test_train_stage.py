@@ -96,8 +96,11 @@ def _train_items(progress: Path, epoch: int) -> int:
     return sum(1 for e, _, n in rows if int(e) == epoch and int(n) == N_TRAIN)
 
 
-def test_sigkill_mid_epoch_then_rerun_gives_bitwise_identical_weights(tmp_path):
-    params = make_inputs(tmp_path)
+@pytest.mark.parametrize(("accumulation", "kill_after"), [(1, 16), pytest.param(2, 24, marks=pytest.mark.slow)])
+def test_sigkill_mid_epoch_then_rerun_gives_bitwise_identical_weights(tmp_path, accumulation, kill_after):
+    """With accumulation_steps=2 the kill lands inside a window (micro-batch 2 loaded, 3 not yet
+    stepped); checkpoints exist only at optimizer-step boundaries, so the rerun is bitwise too."""
+    params = make_inputs(tmp_path, **{"train.accumulation_steps": accumulation})
     ref_out, out = tmp_path / "ref", tmp_path / "run"
     env = subprocess_env()
     # The uninterrupted reference runs alongside the victim (same command, own outputs and trail).
@@ -111,14 +114,14 @@ def test_sigkill_mid_epoch_then_rerun_gives_bitwise_identical_weights(tmp_path):
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpt = out / "ckpt/last.pt"
     deadline = time.monotonic() + TIMEOUT
-    # Kill once the epoch-0 checkpoint exists and two batches of epoch 1 have been loaded.
-    while not (ckpt.is_file() and _train_items(progress, 1) >= 16):
+    # Kill once the epoch-0 checkpoint exists and `kill_after` patches of epoch 1 have been loaded.
+    while not (ckpt.is_file() and _train_items(progress, 1) >= kill_after):
         assert victim.poll() is None, "the run ended before it could be killed"
         assert time.monotonic() < deadline, "no epoch-1 progress in time"
         time.sleep(0.005)
     victim.send_signal(signal.SIGKILL)
     assert victim.wait(TIMEOUT) == -signal.SIGKILL
-    assert 16 <= _train_items(progress, 1) < N_TRAIN, "killed mid-way through epoch 1"
+    assert kill_after <= _train_items(progress, 1) < N_TRAIN, "killed mid-way through epoch 1"
     assert ckpt.is_file() and not (out / "model.pt").exists()
 
     rerun = subprocess.run(_instrumented(args, progress, 0.0), cwd=tmp_path, env=env, capture_output=True,
@@ -238,10 +241,13 @@ def test_user_launched_two_node_torchrun_is_joined_not_relaunched(single_process
 
 
 @pytest.mark.slow
-def test_sigterm_to_a_two_process_run_checkpoints_and_resumes_bitwise(tmp_path):
-    """SIGTERM to the stage reaches every rank through torchrun; they stop after the same batch,
-    rank 0 saves every rank's RNG state, and the rerun ends on the uninterrupted run's weights."""
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_sigterm_to_a_two_process_run_checkpoints_and_resumes_bitwise(tmp_path, accumulation):
+    """SIGTERM to the stage reaches every rank through torchrun; they stop after the same optimizer
+    step (with accumulation_steps=2 the window in progress is finished first), rank 0 saves every
+    rank's RNG state, and the rerun ends on the uninterrupted run's weights."""
     params = make_inputs(tmp_path, "two.yaml", **{"train.distributed": {"nproc_per_node": 2}, "train.epochs": 8,
+                                                  "train.accumulation_steps": accumulation,
                                                   "train.early_stopping": {"patience": 100, "min_delta": 0.0}})
     env = subprocess_env()
     cmd = [sys.executable, "-m", "stages.train"]

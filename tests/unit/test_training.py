@@ -107,6 +107,34 @@ def test_interrupted_run_resumes_bitwise_identical(tiny_store, tmp_path, monkeyp
     assert [s["loss"] for s in reference.steps] == [s["loss"] for s in resumed.steps]
 
 
+def test_stop_mid_window_finishes_the_window_and_resumes_bitwise(tiny_store, tmp_path, monkeypatch):
+    """accumulation_steps=2 with bf16 autocast; SIGTERM while the first micro-batch of epoch 1's first
+    window loads: the run finishes that window (one optimizer step), checkpoints at batch 2, exits;
+    the resumed run ends on the uninterrupted run's weights (the partial gradient is never lost)."""
+    params = _params(tmp_path, **{"train.accumulation_steps": 2, "train.amp": "bf16", "train.epochs": 2})
+    reference = _fit(*tiny_store, params)
+    ckpt = tmp_path / "ckpt" / "last.pt"
+    calls = {"n": 0}
+    original = PatchDataset.__getitem__
+
+    def interrupting(self, key):
+        calls["n"] += 1
+        if calls["n"] == 50:  # epoch 0 loads 32 + 16 items; item 50 is in epoch 1's micro-batch 0
+            signal.raise_signal(signal.SIGTERM)
+        return original(self, key)
+
+    monkeypatch.setattr(PatchDataset, "__getitem__", interrupting)
+    with pytest.raises(Interrupted, match=r"at epoch 1, batch 2 \(an optimizer-step boundary\)"):
+        _fit(*tiny_store, params, checkpoint=ckpt)
+    assert calls["n"] == 48 + 16  # micro-batch 1 was loaded too: the window was finished
+    monkeypatch.setattr(PatchDataset, "__getitem__", original)
+    resumed = _fit(*tiny_store, params, checkpoint=ckpt)
+    assert resumed.resumed_from == 1
+    assert _same(reference.state_dict, resumed.state_dict)
+    assert [s["loss"] for s in reference.steps] == [s["loss"] for s in resumed.steps]
+    assert np.array_equal(reference.val_probs, resumed.val_probs)
+
+
 def test_checkpoint_from_other_params_is_not_resumed(tiny_store, tmp_path):
     params = _params(tmp_path, **{"train.checkpoint_every": 1})
     ckpt = tmp_path / "last.pt"

@@ -82,14 +82,19 @@ def compare_modes(inp: TrainingInputs, check: CompileCheckParams,
     """Train in the mode the train stage did not use and compare; (report fields, loss curves)."""
     # The mode the train stage really ran in (compile may have fallen back to eager).
     own_model = load_model_file(paths.model)
-    train_mode_compiled = bool(own_model["metadata"].get("compile", {}).get("used", False))
+    own_info = own_model["metadata"].get("compile", {})
+    if own_info.get("eager_from_step", 0) > 0:  # compiled steps, then eager: neither mode to compare
+        return _mixed(own_info, "the train stage's run"), no_curves()
+    train_mode_compiled = bool(own_info.get("used", False)) and "eager_from_step" not in own_info
     own = RunOutcome(read_table(paths.train_steps)["loss"].to_numpy(),
                      read_table(paths.val_probs).filter(like="prob_").to_numpy())
     other = fit(inp.store, inp.splits["train"], inp.splits["val"], inp.train, inp.model, inp.runtime,
                 num_classes=len(inp.data.classes), fingerprint=inp.fingerprint,
                 use_compile=not train_mode_compiled, fallback_random=check.fallback_random)
     compiled_info = other.compile if not train_mode_compiled else {"used": True}
-    if not compiled_info.get("used"):
+    if compiled_info.get("eager_from_step", 0) > 0:
+        return _mixed(compiled_info, "the compiled run"), no_curves()
+    if not compiled_info.get("used") or "eager_from_step" in compiled_info:
         return {"status": "not_available", "passed": None, "error": compiled_info.get("error")}, no_curves()
     other_run = RunOutcome(np.array([s["loss"] for s in other.steps]), other.val_probs)
     eager, compiled = (own, other_run) if not train_mode_compiled else (other_run, own)
@@ -105,6 +110,12 @@ def compare_modes(inp: TrainingInputs, check: CompileCheckParams,
     curves = pd.DataFrame({"step": np.arange(n), "eager": np.round(eager.losses[:n], 8),
                            "compiled": np.round(compiled.losses[:n], 8)})
     return found, curves
+
+
+def _mixed(info: dict[str, Any], which: str) -> dict[str, Any]:
+    """The report when compile failed after some compiled steps and the run went on eagerly."""
+    return {"status": "not_available", "passed": None,
+            "error": f"{which} fell back to eager at step {info['eager_from_step']}: {info.get('error')}"}
 
 
 def no_curves() -> pd.DataFrame:

@@ -69,14 +69,14 @@ def run(params: Mapping[str, Any], paths: Paths, *, trail: str | None = None,
 
 def train_here(params: Mapping[str, Any], paths: Paths, world: D.World, device: torch.device,
                trail: str | None) -> FitResult:
-    inp = load_training_inputs(params, paths.store, paths.split)
+    inp = load_training_inputs(params, paths.store, paths.split, paths.reference)
     section = {k: params.get(k) for k in TRAINING_SECTIONS}
     checkpoint = Path(paths.checkpoint)
     curves = Path(paths.curves)
     recording = (audit.stage("train", inputs=[paths.store, paths.split, paths.reference], params=section,
                              trail=trail)
                  if world.is_main else contextlib.nullcontext(audit.StageRecord()))
-    with recording as rec:
+    with recording as rec, D.peer_failures_reported(world):
         result = fit(inp.store, inp.splits["train"], inp.splits["val"], inp.train, inp.model, inp.runtime,
                      num_classes=len(inp.data.classes), fingerprint=inp.fingerprint, checkpoint=checkpoint,
                      device=device, world=world)

@@ -18,12 +18,14 @@ GPU per process, `cuda:LOCAL_RANK`), gloo on CPU.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import importlib.util
 import os
+import re
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,11 +35,19 @@ import torch
 import torch.distributed as dist
 
 from pathtrail.config.loading import ParamsError
+from pathtrail.core.errors import PathTrailError
 from pathtrail.core.system import usable_cpus
 
 # Environment torchrun sets in every worker; LOCAL_RANK + WORLD_SIZE mark "already launched".
 LAUNCHED_MARKERS = ("LOCAL_RANK", "WORLD_SIZE")
 RANK_SEED_KEY = 0xD15C
+# How long a collective may wait for a rank that is gone or stuck before every rank gives up with an
+# error (instead of torch's 30 min on gloo). Generous: one rank may be writing a large checkpoint.
+COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=10)
+
+
+class PeerFailed(PathTrailError):
+    """This rank stops because another rank failed; that rank reports the error (once)."""
 
 
 @dataclass(frozen=True)
@@ -117,14 +127,21 @@ def backend_for(device: torch.device) -> str:
 
 
 @contextlib.contextmanager
-def process_group(world: World, device: torch.device) -> Iterator[World]:
-    """Join the torchrun rendezvous (env://) for the duration of the block; no-op for 1 process."""
+def process_group(world: World, device: torch.device,
+                  timeout: datetime.timedelta = COLLECTIVE_TIMEOUT) -> Iterator[World]:
+    """Join the torchrun rendezvous (env://) for the duration of the block; no-op for 1 process.
+
+    A collective that waits longer than `timeout` raises on every rank waiting in it (NCCL: with
+    async error handling, set here unless the user chose otherwise), so a rank that died or hangs
+    ends the others too; under torchrun the first rank to exit with an error also stops the rest.
+    """
     if not world.distributed:
         yield world
         return
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group(backend_for(device), rank=world.rank, world_size=world.size)
+        os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
+    dist.init_process_group(backend_for(device), rank=world.rank, world_size=world.size, timeout=timeout)
     try:
         yield world
     finally:
@@ -221,6 +238,60 @@ def broadcast_object(obj: Any, world: World) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def main_only(fn: Callable[[], Any], world: World, what: str) -> Any:
+    """Run `fn` on rank 0 and hand its result to every rank; an error there ends every rank.
+
+    Rank 0 raises its own error (reported once, there); the others raise `PeerFailed` saying
+    that rank 0 failed while `what`, instead of waiting for a result that never comes.
+    """
+    if not world.distributed:
+        return fn()
+    result: Any = None
+    error: BaseException | None = None
+    if world.is_main:
+        try:
+            result = fn()
+        except BaseException as exc:  # noqa: BLE001  re-raised below, after the peers are told
+            error = exc
+    status, value = broadcast_object(("failed", None) if error is not None else ("ok", result), world)
+    if error is not None:
+        raise error
+    if status != "ok":
+        raise PeerFailed(f"rank {world.rank} stopped: rank 0 failed while {what} (its error is reported "
+                         "by rank 0)")
+    return value
+
+
+def is_collective_failure(exc: BaseException) -> bool:
+    """Whether `exc` is a collective that failed because another rank died, hung or hung up
+    (gloo raises a plain RuntimeError naming itself; NCCL and torch's own checks a DistError)."""
+    text = str(exc)
+    return isinstance(exc, dist.DistError) or (isinstance(exc, RuntimeError) and any(
+        s in text for s in ("gloo", "Gloo", "NCCL", "Connection closed by peer", "Connection reset by peer")))
+
+
+def peer_failure(exc: BaseException, world: World) -> PeerFailed:
+    """The one-line error a rank ends with when a collective failed under it (the cause is reported
+    by the rank that failed, or by torchrun)."""
+    text = str(exc).strip()
+    first = re.sub(r"^\[[^\]]*\]\s*", "", text.splitlines()[0]).split(". ")[0][:300] if text else type(exc).__name__
+    return PeerFailed(f"rank {world.rank} stopped: a collective with the other training processes failed "
+                      f"({first}); another rank failed, hung or was stopped, and its error is reported there. "
+                      "A checkpoint, if one was saved, is resumed by the next run.")
+
+
+@contextlib.contextmanager
+def peer_failures_reported(world: World) -> Iterator[None]:
+    """Inside the block, a collective that fails under this rank (another rank died or hung) ends
+    it with `peer_failure`'s one line (a PathTrailError: no traceback) instead of gloo's or NCCL's."""
+    try:
+        yield
+    except RuntimeError as exc:
+        if not (world.distributed and is_collective_failure(exc)):
+            raise
+        raise peer_failure(exc, world) from None
 
 
 def barrier(world: World) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ import torch
 
 from pathtrail.config.loading import parse_section
 from pathtrail.config.sections import (
+    TRAINING_SECTIONS,
     DataParams,
     ModelParams,
     RuntimeParams,
@@ -20,7 +22,7 @@ from pathtrail.config.sections import (
     runtime_of,
 )
 from pathtrail.core.files import read_table
-from pathtrail.core.hashing import digest, sha256_path
+from pathtrail.core.hashing import digest, sha256_file, sha256_path
 from pathtrail.data.loaders import KeyedBatchSampler, PatchDataset, make_loader
 from pathtrail.data.store import PatchStore, open_store
 from pathtrail.train.loop import Split
@@ -39,8 +41,14 @@ class TrainingInputs:
     fingerprint: str
 
 
-def load_training_inputs(raw: Mapping[str, Any], store_dir: str, split_dir: str) -> TrainingInputs:
-    """Typed params, the store and the train/val tables, and the resume fingerprint of them all."""
+def load_training_inputs(raw: Mapping[str, Any], store_dir: str, split_dir: str,
+                         reference: str | None = None) -> TrainingInputs:
+    """Typed params, the store and the train/val tables, and the resume fingerprint of them all.
+
+    The fingerprint covers every params section train reads, the store's content (index and
+    pixel shards), the split tables, the stain reference file and the library's source code, so
+    a checkpoint is never resumed after any of them changed (test_checkpoint_file.py).
+    """
     data = parse_section(raw, "data", DataParams)
     model = parse_section(raw, "model", ModelParams)
     train = parse_section(raw, "train", TrainParams)
@@ -48,12 +56,24 @@ def load_training_inputs(raw: Mapping[str, Any], store_dir: str, split_dir: str)
     tables = {name: read_table(Path(split_dir) / f"{name}.csv") for name in ("train", "val")}
     splits = {n: Split(store.rows_for(t.path), t.label.to_numpy(np.int64)) for n, t in tables.items()}
     fingerprint = digest({
-        "params": {k: raw[k] for k in ("data", "model", "train")},
-        "execution": raw.get("execution"),
-        "store_index": sha256_path(Path(store_dir) / "index.csv"),
+        "params": {k: raw.get(k) for k in TRAINING_SECTIONS},
+        "store": sha256_path(store_dir),
         "splits": {n: sha256_path(Path(split_dir) / f"{n}.csv") for n in tables},
+        "stain_reference": sha256_path(reference) if reference else None,
+        "code": library_code_sha256(),
     })
     return TrainingInputs(data, model, train, runtime_of(raw), store, tables, splits, fingerprint)
+
+
+def library_code_sha256() -> str:
+    """sha256 over the source of every pathtrail module this process has loaded (name, file hash).
+
+    In the train stage that is the library code train runs: everything the stage imported by the
+    time it reads its inputs (the training code imports nothing of pathtrail later). An edit to a
+    module train does not load (a report, the CLI) leaves the fingerprint, and a resume, alone."""
+    files = {name: getattr(m, "__file__", None) for name, m in list(sys.modules.items())
+             if name == "pathtrail" or name.startswith("pathtrail.")}
+    return digest({name: sha256_file(f) for name, f in sorted(files.items()) if f and f.endswith(".py")})
 
 
 def score_loader(store: PatchStore, table: pd.DataFrame, data: DataParams, batch_size: int, seed: int):

@@ -33,7 +33,7 @@ from pathtrail.data.store import PatchStore
 from pathtrail.train import distributed as D
 from pathtrail.train.distributed import World
 from pathtrail.train.models import build_model, load_local_weights
-from pathtrail.train.resume import read_checkpoint, restore, save_checkpoint
+from pathtrail.train.resume import read_checkpoint, restore, run_fingerprint, save_checkpoint
 from pathtrail.train.steps import (
     TrainingRun,
     end_epoch,
@@ -109,7 +109,7 @@ def _make_scheduler(opt: torch.optim.Optimizer, p: TrainParams, total_steps: int
 
 
 class _StopRequest:
-    """SIGTERM / SIGINT ask the loop to checkpoint at the next batch boundary and exit."""
+    """SIGTERM / SIGINT ask the loop to checkpoint at the next optimizer-step boundary and exit."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
@@ -149,6 +149,9 @@ def fit(
 ) -> FitResult:
     """Train from scratch or resume from `checkpoint` when its fingerprint matches.
 
+    `fingerprint` names the inputs (`inputs.load_training_inputs`); the checkpoint must also match
+    this torch version, device type and number of processes (`resume.run_fingerprint`).
+
     With `world.size > 1` every rank calls `fit` inside `distributed.process_group`; all ranks
     return the same result, and only rank 0 touches `checkpoint`.
     """
@@ -162,6 +165,7 @@ def fit(
                                  use_compile=params.use_compile if use_compile is None else use_compile,
                                  fallback_random=fallback_random, device=device, world=world)
     resumed_from = None
+    fingerprint = run_fingerprint(fingerprint, device, world)
     ck = read_checkpoint(checkpoint, fingerprint, world)
     if ck is not None:
         restore(run, ck)

@@ -1,13 +1,14 @@
 """The resumable training checkpoint (`checkpoints/train/last.pt`): save, read, restore.
 
-It holds the model, optimizer, scheduler and scaler states, every rank's RNG state and the loop's
-bookkeeping, so a resumed run continues bitwise-exactly. A checkpoint made with other params or
-data (another fingerprint) or another number of processes is ignored, with a warning.
+It holds the model, optimizer, scheduler and scaler states, every rank's RNG state, the compile
+state and the loop's bookkeeping, so a resumed run continues bitwise-exactly (checkpoints are only
+written at optimizer-step boundaries). The file format and its checks are in
+`pathtrail.train.checkpoint_file`: a checkpoint made by another run (see `run_fingerprint`), with
+another number of processes, or not one at all, is set aside with a warning, never executed.
 """
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,8 +16,14 @@ import numpy as np
 import structlog
 import torch
 
-from pathtrail.core.files import write_bytes
+from pathtrail.core.hashing import digest
 from pathtrail.train import distributed as D
+from pathtrail.train.checkpoint_file import (
+    Rejected,
+    load_checkpoint_file,
+    set_aside,
+    write_checkpoint_file,
+)
 from pathtrail.train.distributed import World
 
 if TYPE_CHECKING:
@@ -25,35 +32,30 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 
+def run_fingerprint(inputs_fingerprint: str, device: torch.device, world: World) -> str:
+    """What a checkpoint must match to be resumed: the inputs' fingerprint (params, store content,
+    splits, stain reference, library code; see `inputs.load_training_inputs`) plus the torch
+    version, device type and number of processes this run has."""
+    return digest({"inputs": inputs_fingerprint, "torch": str(torch.__version__), "device": device.type,
+                   "world_size": world.size})
+
+
 def read_checkpoint(checkpoint: Path | None, fingerprint: str, world: World) -> dict[str, Any] | None:
     """Rank 0 reads the checkpoint and hands it to every rank (no shared filesystem needed).
 
-    Loaded with `weights_only=True` (tensors and plain values only: a crafted file cannot run
-    code), then checked; an unreadable file, or one made for other params, data or another number
-    of processes, is ignored with a warning naming it, and training starts afresh.
+    A file this run cannot resume from is set aside (renamed, warning) and None returned: training
+    starts afresh. An unexpected error on rank 0 ends every rank (`distributed.main_only`).
     """
-    ck = None
-    if world.is_main and checkpoint is not None and checkpoint.is_file():
-        ck = _load(checkpoint)
-        reason = None
-        if ck is None:
-            reason = "not a checkpoint this pipeline wrote (unreadable, or not tensors and plain values)"
-        elif ck.get("fingerprint") != fingerprint:
-            reason = "made with other params or data"
-        elif ck.get("world_size", 1) != world.size:
-            reason = f"made with {ck.get('world_size', 1)} processes, this run has {world.size}"
-        if reason is not None:
-            log.warning("train.checkpoint_ignored", reason=reason, checkpoint=str(checkpoint))
-            ck = None
-    return D.broadcast_object(ck, world)
+    def read() -> dict[str, Any] | None:
+        if checkpoint is None or not (checkpoint.exists() or checkpoint.is_symlink()):
+            return None
+        try:
+            return load_checkpoint_file(checkpoint, fingerprint, world.size)
+        except (Rejected, OSError) as exc:
+            set_aside(checkpoint, str(exc) if isinstance(exc, Rejected) else f"unreadable: {exc}")
+            return None
 
-
-def _load(checkpoint: Path) -> dict[str, Any] | None:
-    try:
-        ck = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001  torch raises many kinds (UnpicklingError, RuntimeError, EOFError...)
-        return None
-    return ck if isinstance(ck, dict) and isinstance(ck.get("state"), dict) else None
+    return D.main_only(read, world, "reading the checkpoint")
 
 
 def restore(run: TrainingRun, ck: dict[str, Any]) -> None:
@@ -63,36 +65,41 @@ def restore(run: TrainingRun, ck: dict[str, Any]) -> None:
     if run.sched is not None:
         run.sched.load_state_dict(ck["scheduler"])
     run.scaler.load_state_dict(ck["scaler"])
-    torch.set_rng_state(ck.get("rng_cpu_ranks", [ck["rng_cpu"]])[run.world.rank])
-    rng_cuda = ck.get("rng_cuda_ranks", [ck.get("rng_cuda")])[run.world.rank]
+    torch.set_rng_state(ck["rng_cpu_ranks"][run.world.rank])
+    rng_cuda = ck["rng_cuda_ranks"][run.world.rank]
     if run.device.type == "cuda" and rng_cuda is not None:
         torch.cuda.set_rng_state(rng_cuda, run.device)
     state = dict(ck["state"])
     if isinstance(state.get("best_val_probs"), torch.Tensor):  # stored as a tensor (weights_only)
         state["best_val_probs"] = state["best_val_probs"].numpy()
     run.state = state
+    compile_info = ck.get("compile") or {}
+    if "eager_from_step" in compile_info:  # it fell back to eager before the stop: so does the rest
+        from pathtrail.train.steps import use_eager
+
+        run.compile_info.update(compile_info)
+        use_eager(run)
 
 
 def save_checkpoint(run: TrainingRun, checkpoint: Path | None, fingerprint: str) -> None:
-    """Collective: every rank contributes its RNG state, rank 0 writes, all wait for the file."""
+    """Collective: every rank contributes its RNG state, rank 0 writes, all wait for the file
+    (an error writing it ends every rank)."""
     if checkpoint is None:
         return
     world, device = run.world, run.device
     rng_cpu = D.all_gather_object(torch.get_rng_state(), world)
     rng_cuda = D.all_gather_object(torch.cuda.get_rng_state(device) if device.type == "cuda" else None, world)
-    if world.is_main:
-        buf = io.BytesIO()
-        torch.save({
-            "fingerprint": fingerprint, "world_size": world.size, "model": run.net.state_dict(),
-            "optimizer": run.opt.state_dict(),
+
+    def write() -> None:
+        write_checkpoint_file({
+            "model": run.net.state_dict(), "optimizer": run.opt.state_dict(),
             "scheduler": run.sched.state_dict() if run.sched is not None else None,
             "scaler": run.scaler.state_dict(),
-            "rng_cpu": rng_cpu[0], "rng_cuda": rng_cuda[0],
             "rng_cpu_ranks": rng_cpu, "rng_cuda_ranks": rng_cuda,
-            "state": _plain_state(run.state),
-        }, buf)
-        write_bytes(buf.getvalue(), checkpoint)
-    D.barrier(world)
+            "compile": dict(run.compile_info), "state": _plain_state(run.state),
+        }, checkpoint, fingerprint, world.size)
+
+    D.main_only(write, world, "writing the checkpoint")
 
 
 def _plain_state(state: dict[str, Any]) -> dict[str, Any]:

@@ -120,22 +120,74 @@ def optimizer_step(run: TrainingRun, x: torch.Tensor, y: torch.Tensor, do_step: 
     return value, stop_now
 
 
-def first_compiled_step(run: TrainingRun, x: torch.Tensor, y: torch.Tensor, do_step: bool,
-                        stop_flag: float) -> tuple[float, bool]:
-    """Run the first compiled step; if compilation fails, record why and redo it eagerly."""
-    rng = torch.get_rng_state()
+def compiled_step(run: TrainingRun, x: torch.Tensor, y: torch.Tensor, do_step: bool,
+                  stop_flag: float) -> tuple[float, bool]:
+    """One step of the compiled model; if compiling fails (at any step), fall back to eager.
+
+    The first step falls back on any error (an inductor or toolchain problem must never break an
+    eager run); a later one on a compile error only (a recompile, e.g. for a smaller last batch),
+    so a real error in the step still raises. The step is redone eagerly from the same RNG, grads
+    and buffers, so the result is the eager result of that step; `compile_info` records the error
+    and the step (`eager_from_step`). Under DDP a later compile failure stops the run with a clear
+    message instead: ranks cannot swap their DDP wrapper mid-window in step with each other.
+    Tested by test_compile_fallback.py.
+    """
+    info = run.compile_info
+    first = not info["used"]
+    saved = _step_state(run)
     try:
         value = optimizer_step(run, x, y, do_step, stop_flag)
-        run.compile_info["used"] = True
+        info["used"] = True
         return value
-    except Exception as exc:  # noqa: BLE001  inductor/toolchain problems must never break eager runs
-        run.compile_info["error"] = f"{type(exc).__name__}: {str(exc)[:500]}"
-        log.warning("train.compile_unavailable", error=run.compile_info["error"])
-        torch.set_rng_state(rng)
-        run.opt.zero_grad(set_to_none=True)
+    except Exception as exc:
+        if not first and not _is_compile_error(exc):
+            raise
+        error = f"{type(exc).__name__}: {str(exc)[:500]}"
+        if not first and run.world.distributed:
+            raise PathTrailError(
+                f"torch.compile failed at step {run.state['global_step']} (after compiled steps) on rank "
+                f"{run.world.rank}: {error}\nA distributed run cannot switch to eager mid-run; set "
+                "train.use_compile=false, or fix the compile problem. The last checkpoint is kept."
+            ) from None
+    info["error"] = error
+    info["eager_from_step"] = run.state["global_step"]
+    log.warning("train.compile_unavailable", error=error, step=run.state["global_step"])
+    _restore_step_state(run, saved)
+    use_eager(run)
+    return optimizer_step(run, x, y, do_step, stop_flag)
+
+
+def use_eager(run: TrainingRun) -> None:
+    """Run the plain module from now on (after a compile failure, or resuming after one)."""
     run.core = run.net
     run.model = wrap_ddp(run.net, run.device, run.world)
-    return optimizer_step(run, x, y, do_step, stop_flag)
+
+
+def _is_compile_error(exc: BaseException) -> bool:
+    from torch._dynamo.exc import TorchDynamoException
+
+    return isinstance(exc, TorchDynamoException)
+
+
+def _step_state(run: TrainingRun) -> dict[str, Any]:
+    """What a failed compiled step may have touched: RNG, accumulated grads, buffers (BN statistics)."""
+    return {
+        "rng": torch.get_rng_state(),
+        "rng_cuda": torch.cuda.get_rng_state(run.device) if run.device.type == "cuda" else None,
+        "grads": [None if q.grad is None else q.grad.detach().clone() for q in run.net.parameters()],
+        "buffers": [b.detach().clone() for b in run.net.buffers()],
+    }
+
+
+def _restore_step_state(run: TrainingRun, saved: dict[str, Any]) -> None:
+    torch.set_rng_state(saved["rng"])
+    if saved["rng_cuda"] is not None:
+        torch.cuda.set_rng_state(saved["rng_cuda"], run.device)
+    with torch.no_grad():
+        for q, g in zip(run.net.parameters(), saved["grads"], strict=True):
+            q.grad = g
+        for b, v in zip(run.net.buffers(), saved["buffers"], strict=True):
+            b.copy_(v)
 
 
 @dataclass
@@ -148,7 +200,14 @@ class EpochTiming:
 
 def train_epoch(run: TrainingRun, stop_signal: Callable[[], int | None],
                 save: Callable[[], None]) -> EpochTiming:
-    """The rest of the current epoch (from `state["batch"]`); on a stop request, `save()` and raise."""
+    """The rest of the current epoch (from `state["batch"]`).
+
+    A stop request (SIGTERM / SIGINT, see `stop_signal`) is honoured at the next optimizer-step
+    boundary, never inside an accumulation window (the partial gradient is not in the checkpoint):
+    the window is finished, `save()` is called and `Interrupted` raised. Under DDP the request
+    travels in every micro-batch's loss all-reduce, so every rank stops after the same step.
+    Resume is then bitwise: test_training.py::test_stop_mid_window_finishes_the_window_and_resumes_bitwise.
+    """
     state, p = run.state, run.params
     epoch = state["epoch"]
     run.model.train()
@@ -157,6 +216,7 @@ def train_epoch(run: TrainingRun, stop_signal: Callable[[], int | None],
     t_epoch = time.perf_counter()
     wait = compute = 0.0
     seen = 0
+    stop_pending = False  # agreed across ranks: it changes only with an all-reduced flag
     t0 = time.perf_counter()
     for x, y, _ in run.train_loader:
         b = state["batch"]
@@ -168,13 +228,13 @@ def train_epoch(run: TrainingRun, stop_signal: Callable[[], int | None],
         y = y.to(run.device, non_blocking=True)
         do_step = (b + 1) % p.accumulation_steps == 0 or b + 1 == n_batches
         stop_flag = 0.0 if stop_signal() is None else 1.0
-        info = run.compile_info
-        if run.use_compile and not info["used"] and "error" not in info:
-            loss_value, stop_now = first_compiled_step(run, x, y, do_step, stop_flag)
+        if run.use_compile and run.core is not run.net:
+            loss_value, stop_now = compiled_step(run, x, y, do_step, stop_flag)
         else:
             loss_value, stop_now = optimizer_step(run, x, y, do_step, stop_flag)
         if not run.world.distributed:  # one process: also honour a signal that came during the step
             stop_now = stop_signal() is not None
+        stop_pending = stop_pending or stop_now
         state["steps"].append({"step": state["global_step"], "epoch": epoch, "loss": loss_value,
                                "lr": run.opt.param_groups[0]["lr"]})
         state["global_step"] += 1
@@ -182,11 +242,11 @@ def train_epoch(run: TrainingRun, stop_signal: Callable[[], int | None],
         seen += len(y) * run.world.size
         t0 = time.perf_counter()
         compute += t0 - t1
-        if stop_now:
+        if stop_pending and do_step:
             save()
             raise Interrupted(
                 f"training interrupted by signal {stop_signal() or 'on another rank'} at epoch {epoch}, "
-                f"batch {b + 1}; checkpoint saved. Rerun `dvc repro` to resume."
+                f"batch {b + 1} (an optimizer-step boundary); checkpoint saved. Rerun `dvc repro` to resume."
             )
     return EpochTiming(seen, wait, compute, time.perf_counter() - t_epoch)
 
