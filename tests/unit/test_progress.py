@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 from pty_run import run_on_pty
 
@@ -44,3 +47,45 @@ def test_always_and_never_override_the_terminal_check():
     assert "8/8" in done.stderr and "done in" in done.stderr
     status, out = run_on_pty(_cmd("never"), env=dict(os.environ))
     assert status == 0 and out.strip() == "finished"
+
+
+TRAIN = """
+import sys
+from pathlib import Path
+
+import pytest
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+from test_training import _fit, _params, make_tiny_store
+from pathtrail.core.logs import set_progress
+tmp = Path({tmp!r})
+set_progress("auto")
+store, train, val = make_tiny_store(tmp)
+_fit(store, train, val, _params(tmp, **{{"train.epochs": 2, "train.use_compile": {compile}}}))
+print("trained")
+"""
+
+
+def _train_cmd(tmp_path, compile_: bool = False) -> list[str]:
+    tests = str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)
+    script = TRAIN.format(tests=tests[1], tmp=str(tmp_path), compile=compile_).replace(
+        "sys.path.insert(0, ", f"sys.path.insert(0, {tests[0]!r}); sys.path.insert(0, ")
+    return [sys.executable, "-c", script]
+
+
+def test_training_shows_per_batch_progress_only_on_a_terminal(tmp_path):
+    status, out = run_on_pty(_train_cmd(tmp_path / "a"), env=dict(os.environ))
+    assert status == 0, out
+    assert "train epoch 1/2" in out and "train epoch 2/2" in out and "4/4" in out
+    assert "loss=" in out and "samples_s=" in out and "trained" in out
+    done = subprocess.run(_train_cmd(tmp_path / "b"), capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "train epoch" not in done.stderr and "samples_s=" not in done.stderr
+
+
+@pytest.mark.slow
+def test_compiling_shows_a_status_line_on_a_terminal(tmp_path):
+    status, out = run_on_pty(_train_cmd(tmp_path, compile_=True), env=dict(os.environ), timeout=900)
+    assert status == 0, out
+    assert "torch.compile: compiling the model" in out and "done in" in out
+    assert "torch.compile: compiling the validation pass" in out and "trained" in out

@@ -22,6 +22,7 @@ from torch import nn
 
 from pathtrail.config.sections import TrainParams
 from pathtrail.core.errors import PathTrailError
+from pathtrail.core.progress import bar, status
 from pathtrail.data.loaders import KeyedBatchSampler
 from pathtrail.train import distributed as D
 from pathtrail.train.distributed import World
@@ -54,6 +55,8 @@ class TrainingRun:
     use_compile: bool
     compile_info: dict[str, Any]
     state: dict[str, Any]
+    compiled_here: bool = False  # this process has run a compiled step (compiling is behind it)
+    compiled_eval_here: bool = False  # ... and a compiled validation pass
 
     def info(self, event: str, **fields: Any) -> None:
         """Log from rank 0 only (one process speaks for the run)."""
@@ -217,6 +220,7 @@ def train_epoch(run: TrainingRun, stop_signal: Callable[[], int | None],
     wait = compute = 0.0
     seen = 0
     stop_pending = False  # agreed across ranks: it changes only with an all-reduced flag
+    shown = _EpochBar(run, epoch, n_batches)
     t0 = time.perf_counter()
     for x, y, _ in run.train_loader:
         b = state["batch"]
@@ -229,7 +233,8 @@ def train_epoch(run: TrainingRun, stop_signal: Callable[[], int | None],
         do_step = (b + 1) % p.accumulation_steps == 0 or b + 1 == n_batches
         stop_flag = 0.0 if stop_signal() is None else 1.0
         if run.use_compile and run.core is not run.net:
-            loss_value, stop_now = compiled_step(run, x, y, do_step, stop_flag)
+            with shown.compiling():
+                loss_value, stop_now = compiled_step(run, x, y, do_step, stop_flag)
         else:
             loss_value, stop_now = optimizer_step(run, x, y, do_step, stop_flag)
         if not run.world.distributed:  # one process: also honour a signal that came during the step
@@ -242,18 +247,57 @@ def train_epoch(run: TrainingRun, stop_signal: Callable[[], int | None],
         seen += len(y) * run.world.size
         t0 = time.perf_counter()
         compute += t0 - t1
+        shown.update(loss_value, seen / max(t0 - t_epoch, 1e-9))
         if stop_pending and do_step:
+            shown.close()
             save()
             raise Interrupted(
                 f"training interrupted by signal {stop_signal() or 'on another rank'} at epoch {epoch}, "
                 f"batch {b + 1} (an optimizer-step boundary); checkpoint saved. Rerun `dvc repro` to resume."
             )
+    shown.close()
     return EpochTiming(seen, wait, compute, time.perf_counter() - t_epoch)
+
+
+class _EpochBar:
+    """Rank 0's per-batch progress bar (loss, samples/s) and, before the first compiled step of
+    this process, a status line while torch.compile compiles. Stderr only (core.progress)."""
+
+    def __init__(self, run: TrainingRun, epoch: int, n_batches: int) -> None:
+        self.run, self.bar = run, None
+        self.desc, self.total, self.start = f"train epoch {epoch + 1}/{run.params.epochs}", n_batches, \
+            run.state["batch"]
+
+    def compiling(self) -> contextlib.AbstractContextManager[None]:
+        if self.run.compiled_here or not self.run.world.is_main:
+            return contextlib.nullcontext()
+        self.run.compiled_here = True
+        return status("torch.compile: compiling the model (minutes on a busy CPU)")
+
+    def update(self, loss: float, samples_per_s: float) -> None:
+        if not self.run.world.is_main:
+            return
+        if self.bar is None:
+            self.bar = bar(self.total, self.desc, unit="batch")
+            self.bar.update(self.start)
+        self.bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{samples_per_s:.0f}", refresh=False)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def validate(run: TrainingRun) -> tuple[np.ndarray, float, float]:
     """Validation probabilities, class-weighted loss and AUROC of the current weights."""
-    probs, loss = predict(run.core, run.val_loader, run.criterion, run.device, run.amp_dtype, world=run.world)
+    shown = contextlib.nullcontext()
+    if run.core is not run.net and not run.compiled_eval_here and run.world.is_main:
+        run.compiled_eval_here = True
+        shown = status("torch.compile: compiling the validation pass")
+    with shown:
+        probs, loss = predict(run.core, run.val_loader, run.criterion, run.device, run.amp_dtype,
+                              world=run.world)
     return probs, loss, auroc(run.val_labels, probs)
 
 
