@@ -2,7 +2,7 @@
 
 Each declared output `dir/name` (file or folder) is written at `dir/.name.staging/name`, a sibling
 on the same file system (so the move is a rename). `Staging.commit` moves every staged output into
-place with SIGTERM and SIGINT held back (a pending signal is delivered once the commit is complete);
+place with SIGTERM and SIGINT held back (one that arrives is delivered once the commit is complete);
 an exception (a converted SIGTERM included) removes the staging folders and leaves the outputs as
 they were. An output the run declared but did not write is removed at the commit: afterwards the
 outputs are exactly what the run wrote.
@@ -67,15 +67,27 @@ def _remove(path: Path) -> None:
 
 @contextlib.contextmanager
 def signals_held() -> Iterator[None]:
-    """Hold SIGTERM and SIGINT back (main thread); a pending one is delivered on leaving."""
+    """Hold SIGTERM and SIGINT back (main thread only); one that came meanwhile is sent again on
+    leaving, to the handler that was in place. (The handlers are swapped rather than the signals
+    blocked: a blocked signal still reaches Python through any other thread, e.g. torch's.)"""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD)
+    pending: list[int] = []
+    old = {s: signal.signal(s, lambda signum, frame: pending.append(signum)) for s in _HELD}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for s, handler in old.items():
+            signal.signal(s, handler)
+        if pending:
+            os.kill(os.getpid(), pending[0])
+
+
+def temporary_files(path: str | Path) -> list[Path]:
+    """What `write_bytes` / `atomic_dir` left next to `path` when killed mid-write: `.name.*.tmp`."""
+    path = Path(path)
+    return sorted(path.parent.glob(f".{path.name}.*.tmp")) if path.parent.is_dir() else []
 
 
 def recover(outputs: Iterable[str | Path]) -> list[Path]:
@@ -87,8 +99,7 @@ def recover(outputs: Iterable[str | Path]) -> list[Path]:
     if any((s / COMMITTING).exists() for s in stale):
         removed += [p for p in outputs if p.exists() or p.is_symlink()]
     for p in outputs:
-        if p.parent.is_dir():
-            removed += sorted(p.parent.glob(f".{p.name}.*.tmp"))
+        removed += temporary_files(p)
     removed += stale
     for path in removed:
         _remove(path)

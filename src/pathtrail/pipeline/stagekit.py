@@ -138,6 +138,7 @@ def staged_run(name: str, *, inputs: Iterable[str | Path], outputs: Iterable[str
             if staging.recovered:
                 get_logger().warning(f"{name}.recovered", removed=[p.as_posix() for p in staging.recovered],
                                      reason="left by an interrupted run")
+                rec.note(recovered=[p.as_posix() for p in staging.recovered])
             pause("begin")
             yield rec, staging
             rec.check_inputs()  # an input edited meanwhile fails the run before anything is moved
@@ -161,7 +162,8 @@ def entrypoint(name: str) -> Callable[[Callable[..., None]], Callable[..., None]
     """Wrap a stage's `main(argv)`: set up logging; turn a PathTrailError into a clean exit 1.
 
     SIGTERM is handled like Ctrl-C for the whole stage (setup included), so a stopped stage records
-    its failure in the audit trail; the training loop installs its own handler to checkpoint first.
+    its failure in the audit trail and publishes none of its staged outputs (`staged_run`); the
+    training loop installs its own handler to checkpoint first.
     """
 
     def wrap(fn: Callable[..., None]) -> Callable[..., None]:

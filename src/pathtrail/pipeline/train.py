@@ -21,6 +21,7 @@ from pathtrail.config.sections import TRAINING_SECTIONS, TrainParams
 from pathtrail.core.errors import PathTrailError
 from pathtrail.core.files import read_json, write_csv, write_json
 from pathtrail.core.hashing import digest
+from pathtrail.core.staging import temporary_files
 from pathtrail.pipeline.stagekit import get_logger, path_option, staged_run
 from pathtrail.provenance import audit
 from pathtrail.train import distributed as D
@@ -78,6 +79,9 @@ def train_here(params: Mapping[str, Any], paths: Paths, world: D.World, device: 
     recording = (staged_run("train", inputs=[paths.store, paths.split, paths.reference], outputs=outputs,
                             params=section, trail=trail)
                  if world.is_main else contextlib.nullcontext((audit.StageRecord(), Path)))
+    if world.is_main:  # a checkpoint write a kill cut short (the checkpoint before it is intact)
+        for tmp in temporary_files(checkpoint):
+            tmp.unlink(missing_ok=True)
     with recording as (rec, out):
         result = fit(inp.store, inp.splits["train"], inp.splits["val"], inp.train, inp.model, inp.runtime,
                      num_classes=len(inp.data.classes), fingerprint=inp.fingerprint, checkpoint=checkpoint,
