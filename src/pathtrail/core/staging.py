@@ -12,6 +12,8 @@ a run that was killed while working are removed, the outputs untouched; when it 
 the commit (each staging folder holds a `COMMITTING` mark from before the first rename until the
 last), the outputs of that half-finished commit are removed too, so no mix of two runs survives.
 Temporary files of `write_bytes` / `atomic_dir` next to an output (`.name.*.tmp`) go the same way.
+So one run at a time may write a given output (as before: two runs writing it were never defined);
+the staging folders are ignored by git (`.gitignore`) and lie outside every DVC output.
 Tests: tests/unit/test_staging.py, tests/stages/test_no_partial_outputs.py.
 """
 
