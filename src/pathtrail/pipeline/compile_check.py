@@ -20,8 +20,7 @@ from pathtrail.config.sections import CompileCheckParams, ProfileParams
 from pathtrail.core import figures
 from pathtrail.core.errors import PathTrailError
 from pathtrail.core.files import read_table, write_csv, write_json
-from pathtrail.pipeline.stagekit import get_logger, path_option
-from pathtrail.provenance import audit
+from pathtrail.pipeline.stagekit import get_logger, path_option, staged_run
 from pathtrail.train.compile_gate import RunOutcome, compare
 from pathtrail.train.inputs import TrainingInputs, load_training_inputs, score_table
 from pathtrail.train.loop import fit
@@ -50,7 +49,8 @@ def run(params: Mapping[str, Any], paths: Paths, *, trail: str | None = None) ->
     section = {**{k: params[k] for k in ("compile_check", "train", "profile")},
                "execution": params.get("execution")}
     inputs = [paths.store, paths.split, paths.model, paths.val_probs, paths.train_steps]
-    with audit.stage("compile_check", inputs=inputs, params=section, trail=trail) as rec:
+    with staged_run("compile_check", inputs=inputs, outputs=[paths.out, paths.curves, paths.figure], params=section,
+                    trail=trail) as (rec, out):
         report = {"enabled": check.enabled, "use_compile": inp.train.use_compile,
                   "compile_mode": inp.train.compile_mode, "backend": "inductor",
                   "torch_version": str(torch.__version__), "fallback_random": check.fallback_random,
@@ -61,14 +61,15 @@ def run(params: Mapping[str, Any], paths: Paths, *, trail: str | None = None) ->
             found, curves = compare_modes(inp, check, paths)
         report |= found
         figures.line_plot({"eager": (curves.step, curves.eager), "compiled": (curves.step, curves.compiled)},
-                          paths.figure, title=f"Training loss per step: eager vs compiled ({report['status']})",
+                          out(paths.figure), title=f"Training loss per step: eager vs compiled ({report['status']})",
                           xlabel="step", ylabel="loss")
-        write_csv(curves, paths.curves)
-        write_json(report, paths.out)
+        write_csv(curves, out(paths.curves))
+        write_json(report, out(paths.out))
         rec.note(status=report["status"], auroc_delta=report.get("auroc_delta"))
-        rec.outputs(paths.out, paths.curves, paths.figure)
         get_logger().info("compile_check.done", status=report["status"], auroc_delta=report.get("auroc_delta"))
         if report["status"] == "failed" and profile.name == "production" and inp.train.use_compile:
+            # the run fails and publishes nothing, but its report is kept for review
+            write_json(report, paths.out)
             raise PathTrailError(
                 "compile validation FAILED, and profile=production uses the compiled model:\n  - "
                 + "\n  - ".join(report["failures"])

@@ -9,10 +9,9 @@ from typing import Any
 
 from pathtrail.config.loading import from_dict
 from pathtrail.config.sections import DemoParams
-from pathtrail.core.files import atomic_dir, write_csv
+from pathtrail.core.files import write_csv
 from pathtrail.data.demo import generate_cohorts, write_cohorts
-from pathtrail.pipeline.stagekit import get_logger, path_option
-from pathtrail.provenance import audit
+from pathtrail.pipeline.stagekit import get_logger, path_option, staged_run
 
 
 @dataclass(frozen=True)
@@ -25,14 +24,15 @@ def run(params: Mapping[str, Any], paths: Paths, *, trail: str | None = None) ->
     section = params["data"]["demo"]
     demo = from_dict(DemoParams, section, prefix="data.demo")
     out = Path(paths.out)
-    with audit.stage("demo_data", inputs=[], params={"data.demo": section, "execution": params.get("execution")}, trail=trail) as rec:
+    with staged_run("demo_data", inputs=[], outputs=[out],
+                    params={"data.demo": section, "execution": params.get("execution")}, trail=trail) as (rec, staged):
         cohorts = generate_cohorts(demo)
-        with atomic_dir(out) as tmp:
-            manifests = write_cohorts(cohorts, tmp)
-            for cohort, table in manifests.items():
-                write_csv(table, tmp / f"{cohort}.csv")
+        folder = staged(out)
+        folder.mkdir()
+        manifests = write_cohorts(cohorts, folder)
+        for cohort, table in manifests.items():
+            write_csv(table, folder / f"{cohort}.csv")
         rec.note(**{f"{c}_patches": len(t) for c, t in manifests.items()})
-        rec.outputs(out)
     counts = {c: len(t) for c, t in manifests.items()}
     get_logger().info("demo_data.done", **counts)
     return counts

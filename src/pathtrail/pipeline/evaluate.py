@@ -27,8 +27,7 @@ from pathtrail.core.hashing import digest
 from pathtrail.data.store import open_store
 from pathtrail.evaluation.plots import cohort_plots
 from pathtrail.evaluation.report import Cohort, choose_threshold, domain_shift, evaluate_cohort
-from pathtrail.pipeline.stagekit import get_logger, path_option
-from pathtrail.provenance import audit
+from pathtrail.pipeline.stagekit import get_logger, path_option, staged_run
 from pathtrail.train.inputs import probability_table, score_table
 from pathtrail.train.model_file import read_model
 
@@ -56,9 +55,10 @@ def run(params: Mapping[str, Any], paths: Paths, *, trail: str | None = None) ->
     release = parse_section(params, "release", ReleaseParams)  # criteria checked before any work
     split, plots, figs = Path(paths.split), Path(paths.plots), Path(paths.figures)
     log = get_logger()
-    with audit.stage("evaluate", inputs=[paths.model, paths.store, split, paths.external],
-                     params={"eval": params["eval"], "release": params["release"],
-                             "execution": params.get("execution")}, trail=trail) as rec:
+    with staged_run("evaluate", inputs=[paths.model, paths.store, split, paths.external],
+                    outputs=[paths.metrics, paths.predictions, plots, figs],
+                    params={"eval": params["eval"], "release": params["release"],
+                            "execution": params.get("execution")}, trail=trail) as (rec, out):
         model, meta = read_model(paths.model)
         store = open_store(paths.store)
         val = read_table(split / "val.csv")
@@ -82,14 +82,13 @@ def run(params: Mapping[str, Any], paths: Paths, *, trail: str | None = None) ->
         for name, table in cohorts.items():
             probs = score_table(model, store, table, data, 256, ev.seed)
             scored[name] = (table, probs)
-            write_csv(probability_table(table, probs, meta["classes"]), Path(paths.predictions) / f"{name}.csv")
+            write_csv(probability_table(table, probs, meta["classes"]), out(paths.predictions) / f"{name}.csv")
             results[name] = evaluate_cohort(table.label, positive(probs), table.patient_id, threshold,
                                             n_bootstrap=ev.n_bootstrap, seed=ev.seed, ece_bins=ev.ece_bins,
                                             slide_ids=table.slide_id)
-            cohort_plots(name, table, probs, threshold, ev, plots, figs, store, metrics=results[name])
+            cohort_plots(name, table, probs, threshold, ev, out(plots), out(figs), store, metrics=results[name])
         results |= site_and_shift_metrics(scored, threshold, ev)
-        write_json(results, paths.metrics)
-        rec.outputs(paths.metrics, paths.predictions, plots, figs)
+        write_json(results, out(paths.metrics))
     log.info("evaluate.done", **{n: results[n].get("auroc") for n in cohorts})
     return results
 

@@ -31,9 +31,9 @@ from pathtrail.config.loading import parse_section, result_params
 from pathtrail.config.sections import CardParams
 from pathtrail.core import figures
 from pathtrail.core.errors import PathTrailError
-from pathtrail.core.files import atomic_dir, read_json, write_json, write_text
+from pathtrail.core.files import read_json, write_json, write_text
 from pathtrail.core.hashing import sha256_path
-from pathtrail.pipeline.stagekit import get_logger, path_option
+from pathtrail.pipeline.stagekit import get_logger, path_option, staged_run
 from pathtrail.provenance import audit, environment
 from pathtrail.train.model_file import load_model_file
 
@@ -79,22 +79,22 @@ def run(params: Mapping[str, Any], paths: Paths, *, trail: str | None = None,
     entries = audit.read_entries(audit.trail_path(trail))
     out = Path(paths.out_dir)
     md_path, json_path = out / f"{card_params.name}.md", out / f"{card_params.name}.json"
-    with audit.stage("model_card", inputs=[*needed, paths.figures, paths.dvc_lock], params=result_params(params),
-                     trail=trail) as rec:
+    outputs = [md_path, json_path, out / "figures", Path(paths.release), Path(paths.headline)]
+    with staged_run("model_card", inputs=[*needed, paths.figures, paths.dvc_lock], outputs=outputs,
+                    params=result_params(params), trail=trail) as (rec, staged):
         epochs = read_epochs(paths.epochs)
-        with atomic_dir(out / "figures") as tmp:
-            figure_hashes = collect_figures(paths, epochs, tmp)
+        staged(out / "figures").mkdir()
+        figure_hashes = collect_figures(paths, epochs, staged(out / "figures"))
         inputs = read_inputs(paths, params, card_params, epochs, figure_hashes, entries, trail)
         card, markdown = build_card(inputs)
         release = release_metrics(card)
         rec.record("release_criteria", **release)
-        write_text(markdown, md_path)
-        write_json(card, json_path)
-        write_json(release, paths.release)
-        write_json(headline_metrics(card), paths.headline)
+        write_text(markdown, staged(md_path))
+        write_json(card, staged(json_path))
+        write_json(release, staged(paths.release))
+        write_json(headline_metrics(card), staged(paths.headline))
         rec.note(chain_head=card["audit"]["chain_head"], release_status=card["release_status"],
                  release_reasons=card["release_reasons"])
-        rec.outputs(md_path, json_path, out / "figures", paths.release, paths.headline)
     get_logger().info("model_card.done", card=md_path.as_posix(), release_status=card["release_status"])
     return card
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +14,10 @@ from tqdm import tqdm
 from pathtrail.config.loading import parse_section
 from pathtrail.config.sections import DataParams, StainParams
 from pathtrail.core import figures
-from pathtrail.core.files import atomic_dir, read_json, read_table, remove_outputs, write_json
+from pathtrail.core.files import read_json, read_table, write_json
 from pathtrail.core.logs import progress_enabled
 from pathtrail.data.store import StoreWriter, load_rgb
-from pathtrail.pipeline.stagekit import get_logger, path_option
-from pathtrail.provenance import audit
+from pathtrail.pipeline.stagekit import get_logger, path_option, staged_run
 from pathtrail.stain import MacenkoNormalizer
 
 COHORTS = ("internal", "external")
@@ -56,19 +55,17 @@ def run(params: Mapping[str, Any], paths: Paths, *, trail: str | None = None) ->
     root = Path(data.data_root)
     candidates = {c: Path(paths.validated) / f"{c}.csv" for c in COHORTS}
     tables = {c: path for c, path in candidates.items() if path.is_file()}
-    with audit.stage("normalize", inputs=[*tables.values(), paths.reference, root],
-                     params={"stain": params["stain"], "execution": params.get("execution")}, trail=trail) as rec:
+    with staged_run("normalize", inputs=[*tables.values(), paths.reference, root],
+                    outputs=[paths.out, paths.report, paths.figure],
+                    params={"stain": params["stain"], "execution": params.get("execution")}, trail=trail) as (rec, out):
         # stain.fallback decides the batching below, so the normalizer follows it too (stain_fit
         # stores the same value in the reference; this keeps both in step under `-S` overrides).
         normalizer = MacenkoNormalizer.from_dict(read_json(paths.reference), fallback=stain.fallback)
-        try:
-            report = normalize_cohorts(tables, normalizer, data, stain, paths)
-        except BaseException:
-            remove_outputs(paths.out, paths.report, paths.figure)
-            raise
+        staged = replace(paths, out=str(out(paths.out)), report=str(out(paths.report)),
+                         figure=str(out(paths.figure)))
+        report = normalize_cohorts(tables, normalizer, data, stain, staged)
         rec.note(**{f"{c}_{key}": v[key] for c, v in report["cohorts"].items()
                     for key in ("fallback", "fallback_slide")})
-        rec.outputs(paths.out, paths.report, paths.figure)
     get_logger().info("normalize.done", **{c: v for c, v in report["cohorts"].items()})
     return report
 
@@ -80,30 +77,29 @@ def normalize_cohorts(tables: dict[str, Path], normalizer: MacenkoNormalizer, da
                     "reference_sha256": normalizer.to_dict().get("reference_sha256"), "cohorts": {}}
     samples: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     shape = (data.patch_size, data.patch_size, 3)
-    with atomic_dir(paths.out) as tmp:
-        writer = StoreWriter(tmp, stain.shard_size, shape)
-        for cohort, path in tables.items():
-            table = read_table(path)
-            table = table.sort_values(["slide_id", "path"] if by_slide(stain) else ["path"],
-                                      ignore_index=True)
-            counts = {"patches": 0, "fallback": 0, "fallback_slide": 0}
-            bar = tqdm(total=len(table), desc=f"normalize {cohort}", disable=not progress_enabled())
-            for group in batches(table, by_slide(stain)):
-                raw = np.stack([load_rgb(root / p, data.patch_size) for p in group.path])
-                out = raw
-                if stain.enable_stain_norm:
-                    out = (normalizer.normalize_slide(raw) if stain.scope == "slide"
-                           else normalizer.normalize(raw, slide_ids=group.slide_id.tolist()))
-                    for key in ("fallback", "fallback_slide"):
-                        counts[key] += int(normalizer.last_stats.get(key, 0))
-                counts["patches"] += len(raw)
-                writer.add(out, group.assign(cohort=cohort))
-                if cohort not in samples:
-                    samples[cohort] = (raw[:6], out[:6])
-                bar.update(len(raw))
-            bar.close()
-            report["cohorts"][cohort] = counts
-        writer.close()
+    writer = StoreWriter(paths.out, stain.shard_size, shape)
+    for cohort, path in tables.items():
+        table = read_table(path)
+        table = table.sort_values(["slide_id", "path"] if by_slide(stain) else ["path"],
+                                  ignore_index=True)
+        counts = {"patches": 0, "fallback": 0, "fallback_slide": 0}
+        bar = tqdm(total=len(table), desc=f"normalize {cohort}", disable=not progress_enabled())
+        for group in batches(table, by_slide(stain)):
+            raw = np.stack([load_rgb(root / p, data.patch_size) for p in group.path])
+            out = raw
+            if stain.enable_stain_norm:
+                out = (normalizer.normalize_slide(raw) if stain.scope == "slide"
+                       else normalizer.normalize(raw, slide_ids=group.slide_id.tolist()))
+                for key in ("fallback", "fallback_slide"):
+                    counts[key] += int(normalizer.last_stats.get(key, 0))
+            counts["patches"] += len(raw)
+            writer.add(out, group.assign(cohort=cohort))
+            if cohort not in samples:
+                samples[cohort] = (raw[:6], out[:6])
+            bar.update(len(raw))
+        bar.close()
+        report["cohorts"][cohort] = counts
+    writer.close()
     figure_rows = [(f"{c} {kind}", imgs[i]) for c, imgs in samples.items()
                    for i, kind in enumerate(("before", "after"))]
     figures.image_grid(figure_rows, paths.figure)

@@ -17,7 +17,7 @@ import pandas as pd
 from pathtrail.config.loading import parse_section
 from pathtrail.config.sections import DataParams
 from pathtrail.core.errors import PathTrailError
-from pathtrail.core.files import atomic_dir, read_table, write_csv, write_json
+from pathtrail.core.files import read_table, write_csv, write_json
 from pathtrail.data.schemas import VALIDATED_COLUMNS, require_valid, validated_schema
 from pathtrail.data.splits import (
     grouping_summary,
@@ -25,8 +25,7 @@ from pathtrail.data.splits import (
     split_by_patient,
     split_summary,
 )
-from pathtrail.pipeline.stagekit import get_logger, path_option
-from pathtrail.provenance import audit
+from pathtrail.pipeline.stagekit import get_logger, path_option, staged_run
 
 
 @dataclass(frozen=True)
@@ -42,19 +41,18 @@ def run(params: Mapping[str, Any], paths: Paths, *, trail: str | None = None) ->
     split = data.split
     section = params["data"]
     audit_params = {"data.split": section["split"], "data.classes": section["classes"]}
-    with audit.stage("split", inputs=[paths.table], params=audit_params, trail=trail) as rec:
+    with staged_run("split", inputs=[paths.table], outputs=[paths.out_dir, paths.report], params=audit_params,
+                    trail=trail) as (rec, out):
         table = read_validated(Path(paths.table), len(data.classes))
         splits = split_by_patient(table, split.val_fraction, split.test_fraction, split.seed, data.classes)
         require_disjoint(splits)
         summary = split_summary(splits, data.classes)
-        with atomic_dir(paths.out_dir) as tmp:
-            for name, part in splits.items():
-                write_csv(part, tmp / f"{name}.csv")
+        for name, part in splits.items():
+            write_csv(part, out(paths.out_dir) / f"{name}.csv")
         write_json({"seed": split.seed, "val_fraction": split.val_fraction,
                     "test_fraction": split.test_fraction, "table": Path(paths.table).as_posix(),
-                    "grouping": grouping_summary(table, splits), "splits": summary}, paths.report)
+                    "grouping": grouping_summary(table, splits), "splits": summary}, out(paths.report))
         rec.note(**{f"{name}_patches": s["patches"] for name, s in summary.items()})
-        rec.outputs(paths.out_dir, paths.report)
     get_logger().info("split.done", **{name: {k: s[k] for k in ("patches", "patients")}
                                        for name, s in summary.items()})
     return summary

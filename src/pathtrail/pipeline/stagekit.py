@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import inspect
@@ -11,7 +12,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any, TypeVar
@@ -23,6 +24,7 @@ from pathtrail.config.sections import ExecutionParams, runtime_of
 from pathtrail.core.errors import PathTrailError
 from pathtrail.core.execution import enforce
 from pathtrail.core.logs import LEVELS, configure, set_progress
+from pathtrail.core.staging import Staging, pause, signals_held
 from pathtrail.provenance import audit
 
 T = TypeVar("T")
@@ -115,6 +117,36 @@ def apply_run_context(params: dict[str, Any]) -> None:
     audit.set_run_context(execution=execution, runtime=dataclasses.asdict(runtime))
 
 
+@contextlib.contextmanager
+def staged_run(name: str, *, inputs: Iterable[str | Path], outputs: Iterable[str | Path],
+               params: dict[str, Any] | None = None,
+               trail: str | None = None) -> Iterator[tuple[audit.StageRecord, Staging]]:
+    """Record a stage run (`audit.stage`) whose `outputs` are staged; yields (record, staging).
+
+    The body writes each output at `staging.path(output)` (`staging(output)` for short). On success
+    the inputs are re-checked, the outputs are moved into place, and the end entry records their
+    hashes; SIGTERM/SIGINT are held from the move to the end entry, so a stop arriving then is
+    honoured (exit 130) after the trail says what was published. On an exception (a SIGTERM during
+    the work included) nothing is published and the end entry records the failure; what a SIGKILL
+    left behind is cleaned when the stage next starts (`pathtrail.core.staging`).
+    Tests: tests/stages/test_no_partial_outputs.py.
+    """
+    staging = Staging(outputs)
+    # `held` is left last: a stop held back from the commit on is delivered after the end entry
+    with contextlib.ExitStack() as held, audit.stage(name, inputs=inputs, params=params, trail=trail) as rec:
+        with staging:
+            if staging.recovered:
+                get_logger().warning(f"{name}.recovered", removed=[p.as_posix() for p in staging.recovered],
+                                     reason="left by an interrupted run")
+                rec.note(recovered=[p.as_posix() for p in staging.recovered])
+            pause("begin")
+            yield rec, staging
+            rec.check_inputs()  # an input edited meanwhile fails the run before anything is moved
+            pause("commit")
+            held.enter_context(signals_held())
+        rec.outputs(*staging.outputs)
+
+
 def _with_default(help_text: str | None, default: Any) -> str:
     if not help_text:
         return f"default: {default}"
@@ -130,7 +162,8 @@ def entrypoint(name: str) -> Callable[[Callable[..., None]], Callable[..., None]
     """Wrap a stage's `main(argv)`: set up logging; turn a PathTrailError into a clean exit 1.
 
     SIGTERM is handled like Ctrl-C for the whole stage (setup included), so a stopped stage records
-    its failure in the audit trail; the training loop installs its own handler to checkpoint first.
+    its failure in the audit trail and publishes none of its staged outputs (`staged_run`); the
+    training loop installs its own handler to checkpoint first.
     """
 
     def wrap(fn: Callable[..., None]) -> Callable[..., None]:

@@ -13,8 +13,7 @@ from pathtrail.config.loading import parse_section
 from pathtrail.config.sections import DataParams, StainParams
 from pathtrail.core.files import read_table, write_json
 from pathtrail.data.store import load_rgb
-from pathtrail.pipeline.stagekit import get_logger, path_option
-from pathtrail.provenance import audit
+from pathtrail.pipeline.stagekit import get_logger, path_option, staged_run
 from pathtrail.stain import MacenkoNormalizer
 
 FIT_KEY = 0x57A1
@@ -37,8 +36,8 @@ def run(params: Mapping[str, Any], paths: Paths, *, trail: str | None = None) ->
     """Fit and write the stain reference; returns it (as written)."""
     data, stain = parse_section(params, "data", DataParams), parse_section(params, "stain", StainParams)
     root = Path(data.data_root)
-    with audit.stage("stain_fit", inputs=[paths.train, root], params={"stain": params["stain"], "execution": params.get("execution")},
-                     trail=trail) as rec:
+    with staged_run("stain_fit", inputs=[paths.train, root], outputs=[paths.out],
+                    params={"stain": params["stain"], "execution": params.get("execution")}, trail=trail) as (_, out):
         table = read_table(paths.train).sort_values("path", ignore_index=True)
         rows = pick_reference_rows(len(table), stain.fit_max_patches, data.split.seed)
         images = [load_rgb(root / table.path[i], data.patch_size) for i in rows]
@@ -47,7 +46,6 @@ def run(params: Mapping[str, Any], paths: Paths, *, trail: str | None = None) ->
                                        fallback=stain.fallback, chunk_size=stain.chunk_size).fit(images)
         reference = normalizer.to_dict()
         reference["fit_paths"] = [str(table.path[i]) for i in rows]
-        write_json(reference, paths.out)
-        rec.outputs(paths.out)
+        write_json(reference, out(paths.out))
     get_logger().info("stain_fit.done", patches=len(rows), out=paths.out)
     return reference

@@ -21,7 +21,8 @@ from pathtrail.config.sections import TRAINING_SECTIONS, TrainParams
 from pathtrail.core.errors import PathTrailError
 from pathtrail.core.files import read_json, write_csv, write_json
 from pathtrail.core.hashing import digest
-from pathtrail.pipeline.stagekit import get_logger, path_option
+from pathtrail.core.staging import temporary_files
+from pathtrail.pipeline.stagekit import get_logger, path_option, staged_run
 from pathtrail.provenance import audit
 from pathtrail.train import distributed as D
 from pathtrail.train.curves import epoch_table, monitor, step_table, train_metrics
@@ -73,10 +74,15 @@ def train_here(params: Mapping[str, Any], paths: Paths, world: D.World, device: 
     section = {k: params.get(k) for k in TRAINING_SECTIONS}
     checkpoint = Path(paths.checkpoint)
     curves = Path(paths.curves)
-    recording = (audit.stage("train", inputs=[paths.store, paths.split, paths.reference], params=section,
-                             trail=trail)
-                 if world.is_main else contextlib.nullcontext(audit.StageRecord()))
-    with recording as rec, D.peer_failures_reported(world):
+    # The checkpoint is not an output: it is kept across a stop, for the next run to resume.
+    outputs = [paths.model_out, paths.val_probs, paths.metrics, curves / "epochs.csv", curves / "steps.csv"]
+    recording = (staged_run("train", inputs=[paths.store, paths.split, paths.reference], outputs=outputs,
+                            params=section, trail=trail)
+                 if world.is_main else contextlib.nullcontext((audit.StageRecord(), Path)))
+    if world.is_main:  # a checkpoint write a kill cut short (the checkpoint before it is intact)
+        for tmp in temporary_files(checkpoint):
+            tmp.unlink(missing_ok=True)
+    with recording as (rec, out), D.peer_failures_reported(world):
         result = fit(inp.store, inp.splits["train"], inp.splits["val"], inp.train, inp.model, inp.runtime,
                      num_classes=len(inp.data.classes), fingerprint=inp.fingerprint, checkpoint=checkpoint,
                      device=device, world=world)
@@ -91,14 +97,13 @@ def train_here(params: Mapping[str, Any], paths: Paths, world: D.World, device: 
             "local_weights_sha256": result.weights_sha256,
             "gradient_checkpointing": inp.model.gradient_checkpointing, "world_size": result.world_size,
         }
-        write_model(result.state_dict, metadata, paths.model_out)
-        write_csv(probability_table(inp.tables["val"], result.val_probs, inp.data.classes), paths.val_probs)
-        write_json(train_metrics(result), paths.metrics)
-        write_csv(epoch_table(result.history), curves / "epochs.csv")
-        write_csv(step_table(result.steps), curves / "steps.csv")
+        write_model(result.state_dict, metadata, out(paths.model_out))
+        write_csv(probability_table(inp.tables["val"], result.val_probs, inp.data.classes), out(paths.val_probs))
+        write_json(train_metrics(result), out(paths.metrics))
+        write_csv(epoch_table(result.history), out(curves / "epochs.csv"))
+        write_csv(step_table(result.steps), out(curves / "steps.csv"))
         rec.note(best_epoch=result.best_epoch, best_val_auroc=result.best_val_auroc, resumed_from=result.resumed_from,
                  monitor=monitor(result.history), throughput=result.monitor, world_size=result.world_size)
-        rec.outputs(paths.model_out, paths.val_probs, paths.metrics, curves)
     checkpoint.unlink(missing_ok=True)  # a finished run leaves nothing a later forced run could resume
     get_logger().info("train.done", best_epoch=result.best_epoch, best_val_auroc=result.best_val_auroc)
     return result

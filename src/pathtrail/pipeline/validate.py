@@ -15,12 +15,11 @@ from typing import Any, NoReturn
 from pathtrail.config.loading import parse_section
 from pathtrail.config.sections import DataParams
 from pathtrail.core.errors import PathTrailError
-from pathtrail.core.files import atomic_dir, remove_outputs, write_csv, write_json
+from pathtrail.core.files import remove_outputs, write_csv, write_json
 from pathtrail.data.access import is_regular_within
 from pathtrail.data.report import ERRORS_SHOWN_PER_RULE, format_problems, format_report
 from pathtrail.data.validation import Cohort, Rules, ValidationResult, validate_cohorts
-from pathtrail.pipeline.stagekit import get_logger, path_option
-from pathtrail.provenance import audit
+from pathtrail.pipeline.stagekit import get_logger, path_option, staged_run
 
 
 @dataclass(frozen=True)
@@ -41,19 +40,17 @@ def run(params: Mapping[str, Any], paths: Paths, *, trail: str | None = None) ->
     # validation reports it and the stage fails
     inputs = [c.manifest for c in cohorts if is_regular_within(c.manifest, rules.max_manifest_bytes)]
     inputs += [root] if root.is_dir() else []
-    with audit.stage("validate", inputs=inputs, params={"data": params["data"], "execution": params.get("execution")},
-                     trail=trail) as rec:
+    with staged_run("validate", inputs=inputs, outputs=[paths.out_dir, paths.report],
+                    params={"data": params["data"], "execution": params.get("execution")}, trail=trail) as (rec, out):
         result = validate_cohorts(cohorts, rules)
         log_summary(result)
         rec.note(errors=len(result.errors), warnings=len(result.warnings),
                  **{f"{name}_patches": len(t) for name, t in result.tables.items()})
         if not result.ok:
             fail(result, paths)
-        with atomic_dir(paths.out_dir) as tmp:
-            for name, table in result.tables.items():
-                write_csv(table, tmp / f"{name}.csv")
-        write_json(result.report, paths.report)
-        rec.outputs(paths.out_dir, paths.report)
+        for name, table in result.tables.items():
+            write_csv(table, out(paths.out_dir) / f"{name}.csv")
+        write_json(result.report, out(paths.report))
     return result
 
 

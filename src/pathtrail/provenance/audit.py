@@ -97,12 +97,19 @@ class StageRecord:
         self._outputs: list[Path] = []
         self.facts: dict[str, Any] = {}
         self._common, self._trail = common or {}, trail
+        self._started: dict[str, str | None] = {}
 
     def outputs(self, *paths: str | Path) -> None:
         self._outputs.extend(Path(p) for p in paths)
 
     def note(self, **facts: Any) -> None:
         self.facts.update(facts)
+
+    def check_inputs(self) -> None:
+        """Raise InputChangedError when an input differs from its hash at the start (`stage` checks
+        again before its end entry; calling this first lets a caller do so before publishing outputs)."""
+        if changed := changed_inputs(self._started):
+            raise InputChangedError("; ".join(changed) + ". Rerun the stage once nothing edits its inputs.")
 
     def record(self, action: str, **fields: Any) -> dict[str, Any]:
         """Append an entry of this run now (e.g. `threshold_locked`), before the stage goes on."""
@@ -140,11 +147,11 @@ def stage(
             "params_sha256": digest(params or {}), "inputs": started, "versions": versions(),
             "pid": os.getpid(), **_run_context}, trail)
     rec = StageRecord(common, trail)
+    rec._started = started
     t0 = time.monotonic()
     try:
         yield rec
-        if changed := changed_inputs(started):
-            raise InputChangedError("; ".join(changed) + ". Rerun the stage once nothing edits its inputs.")
+        rec.check_inputs()
     except BaseException as exc:
         append({**common, "action": "end", "outcome": "failed",
                 "error": f"{type(exc).__name__}: {exc}"[:2000],

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from pathtrail.config.loading import RUNTIME_SECTION
+from pathtrail.core.staging import SUFFIX as STAGING
 
 # Files a pipeline run rewrites by design; their changes do not make the source tree "dirty".
 ALWAYS_GENERATED = ("audit/", "dvc.lock", "logs/")
@@ -122,7 +123,9 @@ def git_state(repo_dir: str | Path = ".") -> GitState:
     tracked = {d.a_path for d in repo.index.diff(None)}
     if commit:
         tracked |= {d.a_path for d in repo.index.diff("HEAD")}
-    untracked = set(repo.untracked_files)
+    # a running stage's staging folders (pathtrail.core.staging) are its outputs in the making, gone
+    # when it ends; git ignores them through .gitignore, this for trees whose .gitignore does not
+    untracked = {p for p in repo.untracked_files if not any(part.endswith(STAGING) for part in p.split("/"))}
     changed = sorted(tracked | untracked)
     source = {p for p in tracked if p != "params.yaml" and not _is_generated(p, generated)}
     source |= {p for p in untracked if _is_generated(p, list(SOURCE_ROOTS)) and not _is_generated(p, generated)}
