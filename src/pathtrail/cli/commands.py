@@ -68,9 +68,12 @@ def describe(sub: argparse._SubParsersAction) -> None:
 
 def version_text() -> str:
     """`pathtrail X.Y.Z`, plus the git commit (and `modified`) when run from a checkout."""
-    from pathtrail import __version__
+    from importlib.metadata import PackageNotFoundError, version
 
-    text = f"pathtrail {__version__}"
+    try:
+        text = f"pathtrail {version('pathtrail')}"
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        text = "pathtrail (version unknown: not installed)"
     checkout = _checkout_root()
     if checkout is None:
         return text

@@ -32,6 +32,7 @@ def configure(log_file: str | Path | None = None, level: str = "info",
         else structlog.processors.JSONRenderer(sort_keys=True)
     )
     console.setFormatter(structlog.stdlib.ProcessorFormatter(processor=renderer, foreign_pre_chain=shared))
+    console.addFilter(_not_file_only)
     handlers: list[logging.Handler] = [console]
     if log_file is not None:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
@@ -58,6 +59,12 @@ def configure(log_file: str | Path | None = None, level: str = "info",
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(**context)
     return structlog.get_logger("pathtrail")
+
+
+def _not_file_only(record: logging.LogRecord) -> bool:
+    """Events logged with `file_only=True` (e.g. a stage failure the stage prints itself, readably)
+    go to the log file, not the console."""
+    return not (isinstance(record.msg, dict) and record.msg.get("file_only"))
 
 
 def set_progress(mode: str) -> None:

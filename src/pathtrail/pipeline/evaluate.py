@@ -24,6 +24,7 @@ from pathtrail.config.loading import parse_section
 from pathtrail.config.sections import DataParams, EvalParams, ReleaseParams
 from pathtrail.core.files import read_table, write_csv, write_json
 from pathtrail.core.hashing import digest
+from pathtrail.core.progress import bar
 from pathtrail.data.store import open_store
 from pathtrail.evaluation.plots import cohort_plots
 from pathtrail.evaluation.report import Cohort, choose_threshold, domain_shift, evaluate_cohort
@@ -79,7 +80,9 @@ def run(params: Mapping[str, Any], paths: Paths, *, trail: str | None = None) ->
         results: dict = {"threshold": threshold, "threshold_rule": ev.threshold_rule,
                          "classes": meta["classes"], "n_bootstrap": ev.n_bootstrap}
         scored = {}
+        shown = bar(len(cohorts), "evaluate", unit="cohort")
         for name, table in cohorts.items():
+            shown.set_postfix(cohort=name)
             probs = score_table(model, store, table, data, 256, ev.seed)
             scored[name] = (table, probs)
             write_csv(probability_table(table, probs, meta["classes"]), out(paths.predictions) / f"{name}.csv")
@@ -87,6 +90,8 @@ def run(params: Mapping[str, Any], paths: Paths, *, trail: str | None = None) ->
                                             n_bootstrap=ev.n_bootstrap, seed=ev.seed, ece_bins=ev.ece_bins,
                                             slide_ids=table.slide_id)
             cohort_plots(name, table, probs, threshold, ev, out(plots), out(figs), store, metrics=results[name])
+            shown.update(1)
+        shown.close()
         results |= site_and_shift_metrics(scored, threshold, ev)
         write_json(results, out(paths.metrics))
     log.info("evaluate.done", **{n: results[n].get("auroc") for n in cohorts})

@@ -9,13 +9,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from pathtrail.config.loading import parse_section
 from pathtrail.config.sections import DataParams, StainParams
 from pathtrail.core import figures
 from pathtrail.core.files import read_json, read_table, write_json
-from pathtrail.core.logs import progress_enabled
+from pathtrail.core.progress import bar as progress_bar
 from pathtrail.data.store import StoreWriter, load_rgb
 from pathtrail.pipeline.stagekit import get_logger, path_option, staged_run
 from pathtrail.stain import MacenkoNormalizer
@@ -83,7 +82,7 @@ def normalize_cohorts(tables: dict[str, Path], normalizer: MacenkoNormalizer, da
         table = table.sort_values(["slide_id", "path"] if by_slide(stain) else ["path"],
                                   ignore_index=True)
         counts = {"patches": 0, "fallback": 0, "fallback_slide": 0}
-        bar = tqdm(total=len(table), desc=f"normalize {cohort}", disable=not progress_enabled())
+        bar = progress_bar(len(table), f"normalize {cohort}", unit="patch")
         for group in batches(table, by_slide(stain)):
             raw = np.stack([load_rgb(root / p, data.patch_size) for p in group.path])
             out = raw

@@ -175,7 +175,7 @@ def entrypoint(name: str) -> Callable[[Callable[..., None]], Callable[..., None]
             try:
                 fn(argv)
             except PathTrailError as exc:
-                log.error(f"{name}.failed", error=str(exc))
+                log.error(f"{name}.failed", error=str(exc), file_only=True)  # the console gets it once, below
                 print(f"\nERROR in stage '{name}':\n{exc}", file=sys.stderr)
                 raise SystemExit(1) from None
             except KeyboardInterrupt:
