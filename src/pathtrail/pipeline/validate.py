@@ -7,7 +7,7 @@ run, for review; it is never written by default.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -47,16 +47,18 @@ def run(params: Mapping[str, Any], paths: Paths, *, trail: str | None = None) ->
         rec.note(errors=len(result.errors), warnings=len(result.warnings),
                  **{f"{name}_patches": len(t) for name, t in result.tables.items()})
         if not result.ok:
-            fail(result, paths)
+            fail(result, paths, inputs=[*[c.manifest for c in cohorts], root])
         for name, table in result.tables.items():
             write_csv(table, out(paths.out_dir) / f"{name}.csv")
         write_json(result.report, out(paths.report))
     return result
 
 
-def fail(result: ValidationResult, paths: Paths) -> NoReturn:
-    """Leave no outputs (not even stale ones), keep the report only if asked, list every error."""
-    remove_outputs(paths.out_dir, paths.report)
+def fail(result: ValidationResult, paths: Paths, inputs: Iterable[str | Path] = ()) -> NoReturn:
+    """Leave no outputs (not even stale ones), keep the report only if asked, list every error.
+    `remove_outputs` refuses first any output that is unsafe to remove (one holding an input
+    included), so a failed run never deletes the user's data."""
+    remove_outputs(paths.out_dir, paths.report, inputs=inputs)
     if paths.failure_report:
         write_json(result.report, paths.failure_report)
     head = f"{len(result.errors)} error(s) in the data; nothing was written."
