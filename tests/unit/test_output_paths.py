@@ -172,3 +172,31 @@ def test_validate_report_on_a_fifo_link_or_folder_is_refused_with_a_writing_hint
     assert cli("--report", "reports/ok.json") == 1  # the data have errors; the report is still written
     assert "cohorts" in json.loads(Path("reports/ok.json").read_text())
     write_json({}, "reports/ok.json")  # a regular file is still replaced
+
+
+def test_git_ignores_the_pipelines_leftovers_and_not_a_users_files():
+    import subprocess
+
+    from conftest import REPO
+
+    def ignored(path):
+        return subprocess.run(["git", "check-ignore", "-q", "--no-index", path], cwd=REPO, check=False).returncode == 0
+
+    assert ignored("reports/.validation.json.pathtrail-k3_9ab0x.tmp") and ignored("data/.validated.staging/x")
+    assert not ignored("reports/.eval.json.mybackup.tmp")
+
+
+def test_atomic_dir_replaces_a_link_as_a_link_and_refuses_a_fifo(repo, tmp_path_factory):
+    from pathtrail.core.files import atomic_dir
+
+    elsewhere = tmp_path_factory.mktemp("big_disk")
+    (elsewhere / "old.png").write_text("old")
+    Path("figures").symlink_to(elsewhere, target_is_directory=True)
+    with atomic_dir("figures") as tmp:
+        (tmp / "new.png").write_text("new")
+    assert not Path("figures").is_symlink() and os.listdir("figures") == ["new.png"]
+    assert (elsewhere / "old.png").read_text() == "old"
+    os.mkfifo("pipe")
+    with pytest.raises(PathTrailError, match="named pipe"), atomic_dir("pipe"):
+        pass
+    assert stat.S_ISFIFO(os.lstat("pipe").st_mode) and not [p for p in os.listdir(".") if p.endswith(".tmp")]

@@ -216,15 +216,21 @@ def read_table(path: str | Path) -> pd.DataFrame:
 @contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling folder; on success it replaces `path`, on error it is removed.
-    The folder ends up with mode 0o777 & ~umask, as `mkdir` would create it."""
+    The folder ends up with mode 0o777 & ~umask, as `mkdir` would create it. A `path` that is a
+    symbolic link is replaced as a link (its target untouched); a file, FIFO or device is refused."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{TMP_MARK}", suffix=".tmp", dir=path.parent))
     try:
         os.chmod(tmp, 0o777 & ~current_umask())
         yield tmp
-        if path.exists():
+        if path.is_symlink():  # the link is replaced; its target is left alone
+            path.unlink()
+        elif path.is_dir():
             shutil.rmtree(path)
+        elif path.exists():
+            raise PathTrailError(f"'{printable(str(path))}' {replaceable(path) or 'is a file'}; "
+                                 "it was left as it is: name a folder (or a new one) to write")
         os.replace(tmp, path)
     finally:
         if tmp.exists():
