@@ -47,3 +47,13 @@ def test_a_failed_run_with_out_dir_holding_the_data_keeps_the_images(tmp_path, c
         main([*args, "--out-dir", "data"])
     assert "--out-dir 'data' holds an input of the stage" in capsys.readouterr().err
     assert images(tmp_path) == before and (tmp_path / "data/my/internal.csv").is_file()
+
+
+def test_a_failure_report_over_a_manifest_is_refused(tmp_path, capsys):
+    args = repo_with_data(tmp_path, "raw")
+    manifest = (tmp_path / "raw/internal.csv").read_bytes()
+    next(iter((tmp_path / "raw/internal").glob("*.png"))).unlink()  # the run would fail
+    with pytest.raises(SystemExit):
+        main([*args, "--failure-report", "raw/internal.csv"])
+    assert "--failure-report 'raw/internal.csv' is also an input of the stage" in capsys.readouterr().err
+    assert (tmp_path / "raw/internal.csv").read_bytes() == manifest

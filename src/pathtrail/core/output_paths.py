@@ -38,8 +38,10 @@ def _inside(inner: Path, outer: Path) -> bool:
 
 
 def output_problem(output: str | Path, inputs: Iterable[str | Path] = (),
-                   others: Iterable[str | Path] = (), *, base: str | Path | None = None) -> str | None:
-    """Why `output` must not be written (see the module docstring), or None."""
+                   others: Iterable[str | Path] = (), *, base: str | Path | None = None,
+                   within: bool = True) -> str | None:
+    """Why `output` must not be written (see the module docstring), or None. `within=False` lets it
+    lie outside the working directory (a file no stage publishes, such as a review copy)."""
     base = Path(base if base is not None else os.getcwd()).resolve()
     where = location(output)
     if where == Path(where.anchor):
@@ -48,7 +50,7 @@ def output_problem(output: str | Path, inputs: Iterable[str | Path] = (),
         return "is the working directory (the repository) itself"
     if _inside(base, where):
         return "is a folder above the working directory (the repository)"
-    if not _inside(where, base):
+    if within and not _inside(where, base):
         return (f"lies outside the working directory ({printable(str(base))}); stage outputs must lie "
                 "inside the repository")
     for i in inputs:
@@ -69,12 +71,13 @@ def output_problem(output: str | Path, inputs: Iterable[str | Path] = (),
 
 
 def check_outputs(outputs: Iterable[str | Path], inputs: Iterable[str | Path] = (), *,
-                  options: Mapping[str, str] | None = None, base: str | Path | None = None) -> None:
+                  options: Mapping[str, str] | None = None, base: str | Path | None = None,
+                  within: bool = True) -> None:
     """Raise a PathTrailError naming the first unsafe output (and its option, when `options` maps the
     path as given to one), before anything is written."""
     outputs, inputs = list(dict.fromkeys(Path(o) for o in outputs)), list(inputs)
     for k, out in enumerate(outputs):
-        problem = output_problem(out, inputs, outputs[:k] + outputs[k + 1:], base=base)
+        problem = output_problem(out, inputs, outputs[:k] + outputs[k + 1:], base=base, within=within)
         if problem:
             option = (options or {}).get(str(out))
             named = f"{option} '{printable(str(out))}'" if option else f"output '{printable(str(out))}'"

@@ -125,6 +125,11 @@ def apply_run_context(params: dict[str, Any]) -> None:
 _OPTIONS: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar("stage_options", default=None)
 
 
+def check_paths(outputs: Iterable[str | Path], inputs: Iterable[str | Path], *, within: bool = True) -> None:
+    """`output_paths.check_outputs`, naming the running stage's `--option` of a refused path."""
+    check_outputs(outputs, inputs, options=_OPTIONS.get(), within=within)
+
+
 @contextlib.contextmanager
 def staged_run(name: str, *, inputs: Iterable[str | Path], outputs: Iterable[str | Path],
                params: dict[str, Any] | None = None,
@@ -143,7 +148,7 @@ def staged_run(name: str, *, inputs: Iterable[str | Path], outputs: Iterable[str
     Tests: tests/stages/test_no_partial_outputs.py, tests/unit/test_output_paths.py.
     """
     inputs, outputs = list(inputs), list(outputs)
-    check_outputs(outputs, inputs, options=_OPTIONS.get())
+    check_paths(outputs, inputs)
     staging = Staging(outputs)
     # `held` is left last: a stop held back from the commit on is delivered after the end entry
     with contextlib.ExitStack() as held, audit.stage(name, inputs=inputs, params=params, trail=trail) as rec:

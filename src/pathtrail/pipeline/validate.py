@@ -19,7 +19,7 @@ from pathtrail.core.files import remove_outputs, write_csv, write_json
 from pathtrail.data.access import is_regular_within
 from pathtrail.data.report import ERRORS_SHOWN_PER_RULE, format_problems, format_report
 from pathtrail.data.validation import Cohort, Rules, ValidationResult, validate_cohorts
-from pathtrail.pipeline.stagekit import get_logger, path_option, staged_run
+from pathtrail.pipeline.stagekit import check_paths, get_logger, path_option, staged_run
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,8 @@ def run(params: Mapping[str, Any], paths: Paths, *, trail: str | None = None) ->
     # validation reports it and the stage fails
     inputs = [c.manifest for c in cohorts if is_regular_within(c.manifest, rules.max_manifest_bytes)]
     inputs += [root] if root.is_dir() else []
+    if paths.failure_report:  # written outside the staging: never over an input, wherever it lies
+        check_paths([paths.failure_report], [*[c.manifest for c in cohorts], root], within=False)
     with staged_run("validate", inputs=inputs, outputs=[paths.out_dir, paths.report],
                     params={"data": params["data"], "execution": params.get("execution")}, trail=trail) as (rec, out):
         result = validate_cohorts(cohorts, rules)
