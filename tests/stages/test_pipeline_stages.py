@@ -84,8 +84,15 @@ def test_compile_check_reports_the_comparison(pipeline):
         assert cc["auroc_delta"] == pytest.approx(cc["auroc_compiled"] - cc["auroc_eager"])
 
 
+def rerun_dir(pipeline: Path, tmp_path: Path) -> Path:
+    """Where a test reruns a stage: inside the pipeline (a stage writes only inside the working
+    directory, `pathtrail.core.output_paths`), one folder per test."""
+    return pipeline / "reruns" / tmp_path.name
+
+
 def test_training_stage_is_bitwise_reproducible(pipeline, tmp_path, monkeypatch):
     monkeypatch.chdir(pipeline)
+    tmp_path = rerun_dir(pipeline, tmp_path)
     run_stage("train", "--model-out", str(tmp_path / "model.pt"), "--metrics", str(tmp_path / "train.json"),
               "--val-probs", str(tmp_path / "val.csv"), "--curves", str(tmp_path / "curves"))
     a = torch.load(pipeline / "models/model.pt", weights_only=True)["state_dict"]
@@ -111,6 +118,7 @@ def _rerun_compile_check(pipeline, tmp_path, monkeypatch, **overrides):
     monkeypatch.chdir(pipeline)
     monkeypatch.setattr(torch, "compile", lambda model, **_: _Skewed(model))
     params = write_params(tmp_path, tiny_params(pipeline, **overrides))
+    tmp_path = rerun_dir(pipeline, tmp_path)
     out = tmp_path / "compile_check.json"
     args = ["--params", str(params), "--out", str(out), "--curves", str(tmp_path / "loss.csv"),
             "--figure", str(tmp_path / "loss.png")]
@@ -159,6 +167,7 @@ def test_a_compile_failure_after_the_first_step_is_reported_not_compared(pipelin
     monkeypatch.chdir(pipeline)
     monkeypatch.setattr(torch, "compile", lambda model, **_: _RecompileFails(model))
     params = write_params(tmp_path, tiny_params(pipeline))
+    tmp_path = rerun_dir(pipeline, tmp_path)
     out = tmp_path / "compile_check.json"
     run_stage("compile_check", "--params", str(params), "--out", str(out), "--curves", str(tmp_path / "loss.csv"),
               "--figure", str(tmp_path / "loss.png"))
@@ -182,7 +191,7 @@ def test_the_threshold_is_locked_in_the_trail_before_test_or_external_is_opened(
         return real(path)
 
     monkeypatch.setattr(evaluate, "read_table", spy)
-    out = tmp_path / "out"
+    out = rerun_dir(pipeline, tmp_path)
     run_stage("evaluate", "--metrics", str(out / "eval.json"), "--predictions", str(out / "pred"),
               "--plots", str(out / "plots"), "--figures", str(out / "figs"))
     assert ("val.csv", False) in opened

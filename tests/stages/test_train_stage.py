@@ -199,7 +199,7 @@ def _assert_one_set_of_outputs(out: Path, trail: Path) -> None:
 def test_two_processes_via_relaunch_match_one_process(single_process, tmp_path, monkeypatch):
     root, single = single_process
     params = make_inputs(root, "two.yaml", **{"model.dropout": 0.0, "train.distributed": {"nproc_per_node": 2}})
-    out = tmp_path / "ddp"
+    out = root / "runs" / tmp_path.name  # a stage writes inside its working directory only
     monkeypatch.chdir(root)
     for k in ("LOCAL_RANK", "WORLD_SIZE"):
         monkeypatch.delenv(k, raising=False)
@@ -223,7 +223,7 @@ def test_user_launched_two_node_torchrun_is_joined_not_relaunched(single_process
     """`torchrun --nnodes 2 --node-rank K ...` twice on one machine stands in for two nodes."""
     root, single = single_process
     params = make_inputs(root, "nodes.yaml", **{"model.dropout": 0.0})  # nproc_per_node 1: torchrun decides
-    out, trail = tmp_path / "nodes", tmp_path / "trail.jsonl"
+    out, trail = root / "runs" / tmp_path.name, tmp_path / "trail.jsonl"  # outputs inside the cwd
     port = _free_port()
     env = subprocess_env(OMP_NUM_THREADS="1")
     nodes = [subprocess.Popen(

@@ -14,7 +14,15 @@ import pytest
 
 from conftest import REPO
 from pathtrail.core.errors import PathTrailError
-from pathtrail.core.staging import COMMITTING, PAUSE_ENV, Staging, recover, staging_dir
+from pathtrail.core.staging import (
+    COMMITTING,
+    MARKER,
+    MARKER_TEXT,
+    PAUSE_ENV,
+    Staging,
+    recover,
+    staging_dir,
+)
 from pathtrail.pipeline.stagekit import staged_run
 from pathtrail.provenance.audit import read_entries
 
@@ -61,20 +69,25 @@ def test_only_declared_outputs_can_be_staged(old):
         s(old / "other.txt")
 
 
+def leftover_staging(output):
+    """A staging folder as a killed run leaves it (marked as the pipeline's own)."""
+    staging_dir(output).mkdir()
+    (staging_dir(output) / MARKER).write_bytes(MARKER_TEXT)
+    return staging_dir(output)
+
+
 def test_recover_removes_a_killed_runs_staging_and_tmp_files_but_keeps_the_outputs(old):
     before = tree(old)
-    staging_dir(old / "table").mkdir()
-    (staging_dir(old / "table") / "table").mkdir()
-    (old / ".report.json.abc123.tmp").write_text("half")
+    (leftover_staging(old / "table") / "table").mkdir()
+    (old / ".report.json.pathtrail-abc123_z.tmp").write_text("half")
     removed = recover(outputs(old))
-    assert {p.name for p in removed} == {".table.staging", ".report.json.abc123.tmp"}
+    assert {p.name for p in removed} == {".table.staging", ".report.json.pathtrail-abc123_z.tmp"}
     assert tree(old) == before
 
 
 def test_recover_after_an_interrupted_commit_removes_that_commits_outputs(old):
     for p in outputs(old):
-        staging_dir(p).mkdir()
-        (staging_dir(p) / COMMITTING).touch()
+        (leftover_staging(p) / COMMITTING).touch()
     recover(outputs(old))
     assert tree(old) == {}
 

@@ -18,6 +18,8 @@ refused before they are read or decoded, so one run stays under ~500 MB whatever
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -106,6 +108,19 @@ def rules_from_args(args: argparse.Namespace) -> Rules:
     return Rules(**base)
 
 
+def report_clash(report: str, cohorts: list[Cohort]) -> str | None:
+    """Why `--report` must not be written: it is one of the manifests being validated."""
+    where = Path(report).resolve()
+    for c in cohorts:
+        same = where == c.manifest.resolve()
+        with contextlib.suppress(OSError):
+            same = same or os.path.samefile(report, c.manifest)
+        if same:
+            return (f"is the {c.name} manifest being validated; writing the report there would "
+                    "overwrite it: name another file")
+    return None
+
+
 def validate_command(argv: list[str] | None = None) -> int:
     """Run `pathtrail validate`; return the exit status (0 usable, 1 errors, 2 usage)."""
     parser = _parser()
@@ -120,14 +135,21 @@ def validate_command(argv: list[str] | None = None) -> int:
         return 2
     cohorts = [Cohort(name, Path(path), Path(args.data_root or Path(path).parent))
                for name, path in (("internal", args.internal), ("external", args.external)) if path]
+    clash = args.report and report_clash(args.report, cohorts)
+    if clash:
+        print(f"{parser.prog}: error: --report '{printable(args.report)}' {clash}", file=sys.stderr)
+        return 2
     result = validate_cohorts(cohorts, rules, workers=args.workers)
     sys.stdout.write(json_printable(canonical_json(result.report)) if args.json
                      else format_report(result.report))
     if args.report:
         try:
             write_json(result.report, args.report)
+        except PathTrailError as exc:  # not a regular file (a folder, device, FIFO, link to one)
+            print(f"{parser.prog}: error: cannot write the report: {printable(exc)}", file=sys.stderr)
+            return 1
         except OSError as exc:
-            reason, hint = explain_os_error(exc)
+            reason, hint = explain_os_error(exc, writing=True)
             print(f"{parser.prog}: error: cannot write the report to '{printable(args.report)}': "
                   f"{reason} ({hint})", file=sys.stderr)
             return 1

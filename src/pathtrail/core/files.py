@@ -15,15 +15,19 @@ import numbers
 import os
 import re
 import shutil
+import stat
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from pathtrail.core.errors import PathTrailError
 from pathtrail.core.hashing import canonical_json
+from pathtrail.core.output_paths import check_outputs
+from pathtrail.core.text import printable
 
 _UMASK_LOCK = threading.Lock()
 
@@ -47,12 +51,59 @@ def current_umask() -> int:
     return mask
 
 
+# the temporary files and folders of `write_bytes` / `atomic_dir` are `.NAME.pathtrail-XXXXXXXX.tmp`:
+# the only names a stage's cleanup removes (`pathtrail.core.staging.temporary_files`)
+TMP_MARK = "pathtrail-"
+
+
+def _kind(mode: int) -> str:
+    for test, text in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return text
+    return "not a regular file"
+
+
+def replaceable(path: str | Path) -> str | None:
+    """Why an atomic write must not replace `path`, or None (nothing there, or a regular file).
+
+    The rename would put a regular file in its place: never over a folder, FIFO, device or socket
+    (`--report /dev/null` as root would replace /dev/null). A symbolic link is replaced by the new
+    file (its target is never written through, so a link into the DVC cache stays intact) only when
+    it leads to a regular file or nowhere; a link to anything else (/proc/self/fd/1, a folder) is
+    refused."""
+    path = Path(path)
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISLNK(mode):
+        try:
+            target = path.stat().st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            return None  # a dangling link: only the link is replaced
+        except OSError as exc:
+            return f"is a symbolic link that cannot be followed ({exc.strerror})"
+        if stat.S_ISREG(target):
+            return None
+        return f"is a symbolic link to {_kind(target)}, which a write would replace"
+    return f"is {_kind(mode)}, which a write would replace"
+
+
 def write_bytes(data: bytes, path: str | Path) -> Path:
     """Write via a temporary file in the same folder, fsync, then rename over the target.
-    The file ends up with mode 0o666 & ~umask, as `open(path, "wb")` would create it."""
+    The file ends up with mode 0o666 & ~umask, as `open(path, "wb")` would create it.
+    A target that is not a regular file is refused (see `replaceable`) with a PathTrailError."""
     path = Path(path)
+    problem = replaceable(path)
+    if problem:
+        raise PathTrailError(f"'{printable(str(path))}' {problem}; nothing was written to it. "
+                             "Name a regular file (or a new one) to write.")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{TMP_MARK}", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             os.fchmod(f.fileno(), 0o666 & ~current_umask())
@@ -165,28 +216,46 @@ def read_table(path: str | Path) -> pd.DataFrame:
 @contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling folder; on success it replaces `path`, on error it is removed.
-    The folder ends up with mode 0o777 & ~umask, as `mkdir` would create it."""
+    The folder ends up with mode 0o777 & ~umask, as `mkdir` would create it. A `path` that is a
+    symbolic link is replaced as a link (its target untouched); a file, FIFO or device is refused."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{TMP_MARK}", suffix=".tmp", dir=path.parent))
     try:
         os.chmod(tmp, 0o777 & ~current_umask())
         yield tmp
-        if path.exists():
+        if path.is_symlink():  # the link is replaced; its target is left alone
+            path.unlink()
+        elif path.is_dir():
             shutil.rmtree(path)
+        elif path.exists():
+            raise PathTrailError(f"'{printable(str(path))}' {replaceable(path) or 'is a file'}; "
+                                 "it was left as it is: name a folder (or a new one) to write")
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def remove_outputs(*paths: str | Path) -> None:
-    """Remove outputs of a failed run so that nothing partial is left behind."""
+def remove_outputs(*paths: str | Path, inputs: Iterable[str | Path] = ()) -> None:
+    """Remove outputs of a failed run so that nothing partial is left behind.
+
+    An output that is a symbolic link is removed as a link (its target is left alone); a folder is
+    removed with all it holds. Refused first, with a PathTrailError, when any path is unsafe to
+    remove (`output_paths.check_outputs`: the root, the repository or above it, outside it, or
+    holding one of `inputs`); a removal that fails raises a PathTrailError naming the path."""
+    check_outputs(paths, inputs)
     for p in map(Path, paths):
-        if p.is_dir():
-            shutil.rmtree(p, ignore_errors=True)
-        elif p.exists():
-            p.unlink()
+        try:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            elif p.exists() or p.is_symlink():
+                p.unlink()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise PathTrailError(f"could not remove the stale output '{printable(str(p))}' "
+                                 f"({exc.strerror or exc}): remove it by hand, then run again") from None
 
 
 def repo_path(root: str | Path, rel: Any, what: str) -> tuple[Path | None, str | None]:

@@ -11,7 +11,12 @@ A SIGKILL cannot be caught, so the next start of the stage cleans up (`recover`)
 a run that was killed while working are removed, the outputs untouched; when it was killed during
 the commit (each staging folder holds a `COMMITTING` mark from before the first rename until the
 last), the outputs of that half-finished commit are removed too, so no mix of two runs survives.
-Temporary files of `write_bytes` / `atomic_dir` next to an output (`.name.*.tmp`) go the same way.
+Temporary files of `write_bytes` / `atomic_dir` next to an output (`.name.pathtrail-XXXXXXXX.tmp`)
+go the same way. Cleanup only ever removes what the pipeline made: a staging folder holds a MARKER
+file (fixed name and content) written when it is made, and a folder without it (a user's own
+`.name.staging/`) is never removed, nor its `COMMITTING` heeded: the stage refuses to start instead;
+a user's `.name.backup.tmp` does not match the temporary files' pattern. Output paths are checked
+before any work (`pathtrail.core.output_paths`).
 So one run at a time may write a given output (as before: two runs writing it were never defined);
 the staging folders are ignored by git (`.gitignore`) and lie outside every DVC output.
 Tests: tests/unit/test_staging.py, tests/stages/test_no_partial_outputs.py.
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import threading
@@ -30,10 +36,18 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from pathtrail.core.files import current_umask
+from pathtrail.core.errors import PathTrailError
+from pathtrail.core.files import TMP_MARK, current_umask
+from pathtrail.core.output_paths import check_outputs
+from pathtrail.core.text import printable
 
 SUFFIX = ".staging"
 COMMITTING = "COMMITTING"
+# written into every staging folder when it is made: only a folder holding it is ever cleaned up
+MARKER = ".pathtrail-staging-folder"
+MARKER_TEXT = b"pathtrail staging folder: removed by the next run of this stage\n"
+# mkstemp / mkdtemp's random part: 8 of [a-z0-9_]
+_TMP_NAME = re.compile(r"[a-z0-9_]{8}\.tmp")
 _HELD = {signal.SIGTERM, signal.SIGINT}
 # Fault injection for tests: "<point>:<file>" makes `pause(point)` create <file> and wait until it is
 # removed (60 s at most), so that a test sends a real signal at a known moment of a real stage.
@@ -87,15 +101,41 @@ def signals_held() -> Iterator[None]:
 
 
 def temporary_files(path: str | Path) -> list[Path]:
-    """What `write_bytes` / `atomic_dir` left next to `path` when killed mid-write: `.name.*.tmp`."""
+    """What `write_bytes` / `atomic_dir` left next to `path` when killed mid-write:
+    `.name.pathtrail-XXXXXXXX.tmp` (a user's `.name.backup.tmp` is not one)."""
     path = Path(path)
-    return sorted(path.parent.glob(f".{path.name}.*.tmp")) if path.parent.is_dir() else []
+    prefix = f".{path.name}.{TMP_MARK}"
+    if not path.parent.is_dir():
+        return []
+    return sorted(p for p in path.parent.iterdir()
+                  if p.name.startswith(prefix) and _TMP_NAME.fullmatch(p.name[len(prefix):]))
+
+
+def is_staging_dir(folder: str | Path) -> bool:
+    """Whether `folder` is a staging folder this pipeline made (a real folder holding MARKER)."""
+    folder, mark = Path(folder), Path(folder) / MARKER
+    try:
+        return (folder.is_dir() and not folder.is_symlink() and mark.is_file() and not mark.is_symlink()
+                and mark.read_bytes() == MARKER_TEXT)
+    except OSError:
+        return False
+
+
+def _foreign(output: Path) -> PathTrailError:
+    where = printable(str(staging_dir(output)))
+    return PathTrailError(f"'{where}' exists but was not made by this pipeline (it lacks the {MARKER} "
+                          f"mark), so it is left alone: move or rename it, then run the stage again "
+                          f"(the stage stages its output '{printable(str(output))}' there)")
 
 
 def recover(outputs: Iterable[str | Path]) -> list[Path]:
-    """Clean what a killed run of these outputs left: staging folders, `.name.*.tmp` files and, after
-    an interrupted commit, the outputs themselves. Returns what was removed."""
+    """Clean what a killed run of these outputs left: its staging folders, temporary files and,
+    after an interrupted commit, the outputs themselves. Returns what was removed. A `.name.staging`
+    that this pipeline did not make (no MARKER) is never touched: a PathTrailError says so."""
     outputs = [Path(p) for p in outputs]
+    for p in outputs:
+        if (staging_dir(p).exists() or staging_dir(p).is_symlink()) and not is_staging_dir(staging_dir(p)):
+            raise _foreign(p)
     stale = [staging_dir(p) for p in outputs if staging_dir(p).exists()]
     removed: list[Path] = []
     if any((s / COMMITTING).exists() for s in stale):
@@ -116,6 +156,7 @@ class Staging:
 
     def __init__(self, outputs: Iterable[str | Path]) -> None:
         self.outputs = list(dict.fromkeys(Path(p) for p in outputs))
+        check_outputs(self.outputs)  # never the root, the repository or above it, nor outside it
         self.recovered: list[Path] = []
         self._open = False
 
@@ -136,6 +177,7 @@ class Staging:
                 p.parent.mkdir(parents=True, exist_ok=True)
                 staging_dir(p).mkdir(mode=mode)
                 os.chmod(staging_dir(p), mode)
+                (staging_dir(p) / MARKER).write_bytes(MARKER_TEXT)
         except BaseException:  # a SIGTERM while setting up included
             self.discard()
             raise
@@ -173,5 +215,6 @@ class Staging:
             return
         with signals_held():
             for p in self.outputs:
-                _remove(staging_dir(p))
+                if is_staging_dir(staging_dir(p)):  # never a user's folder of that name
+                    _remove(staging_dir(p))
             self._open = False

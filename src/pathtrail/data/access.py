@@ -54,12 +54,22 @@ _ERRNO_TEXT = {  # errno -> (reason, hint)
 }
 
 
-def explain_os_error(exc: OSError) -> tuple[str, str]:
-    """(reason, hint) for an OSError, matched to its errno."""
+_WRITE_TEXT = {  # errno -> (reason, hint) where the error came from writing
+    errno.EISDIR: ("it is a folder", "name a file to write, not a folder"),
+    errno.EACCES: ("permission denied", "make the folder writable by this user, or write elsewhere"),
+    errno.ENOENT: ("no such folder", "check the path: the folders in it must be creatable"),
+}
+
+
+def explain_os_error(exc: OSError, writing: bool = False) -> tuple[str, str]:
+    """(reason, hint) for an OSError, matched to its errno (`writing`: it came from a write)."""
+    if writing and exc.errno in _WRITE_TEXT:
+        return _WRITE_TEXT[exc.errno]
     if exc.errno in _ERRNO_TEXT:
         return _ERRNO_TEXT[exc.errno]
     name = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
     return (f"{exc.strerror or type(exc).__name__} ({name})",
+            "check that the path names a writable file on working storage" if writing else
             "check that the path names a readable file on working storage")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import contextvars
 import dataclasses
 import functools
 import inspect
@@ -24,6 +25,7 @@ from pathtrail.config.sections import ExecutionParams, runtime_of
 from pathtrail.core.errors import PathTrailError
 from pathtrail.core.execution import enforce
 from pathtrail.core.logs import LEVELS, configure, set_progress
+from pathtrail.core.output_paths import check_outputs
 from pathtrail.core.staging import Staging, pause, signals_held
 from pathtrail.provenance import audit
 
@@ -65,6 +67,8 @@ def stage_main(name: str, module: ModuleType) -> Callable[[list[str] | None], No
     @entrypoint(name)
     def main(argv: list[str] | None = None) -> None:
         args, paths = parse_stage_args(name, module.__doc__, module.Paths, argv)
+        _OPTIONS.set({str(Path(v)): "--" + f.name.replace("_", "-") for f in dataclasses.fields(paths)
+                      if isinstance(v := getattr(paths, f.name), str)})
         params = with_runtime_overrides(stage_params(args))
         apply_run_context(params)
         accepted = inspect.signature(module.run).parameters
@@ -117,6 +121,15 @@ def apply_run_context(params: dict[str, Any]) -> None:
     audit.set_run_context(execution=execution, runtime=dataclasses.asdict(runtime))
 
 
+# the path given to each `--option` of the running stage, so that a refused output names its option
+_OPTIONS: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar("stage_options", default=None)
+
+
+def check_paths(outputs: Iterable[str | Path], inputs: Iterable[str | Path], *, within: bool = True) -> None:
+    """`output_paths.check_outputs`, naming the running stage's `--option` of a refused path."""
+    check_outputs(outputs, inputs, options=_OPTIONS.get(), within=within)
+
+
 @contextlib.contextmanager
 def staged_run(name: str, *, inputs: Iterable[str | Path], outputs: Iterable[str | Path],
                params: dict[str, Any] | None = None,
@@ -129,8 +142,13 @@ def staged_run(name: str, *, inputs: Iterable[str | Path], outputs: Iterable[str
     honoured (exit 130) after the trail says what was published. On an exception (a SIGTERM during
     the work included) nothing is published and the end entry records the failure; what a SIGKILL
     left behind is cleaned when the stage next starts (`pathtrail.core.staging`).
-    Tests: tests/stages/test_no_partial_outputs.py.
+    Before anything (the trail's start entry included), every output path is checked
+    (`pathtrail.core.output_paths`): never the repository, a folder above it, a place outside it,
+    an input or a folder holding one; a refusal names the option and path.
+    Tests: tests/stages/test_no_partial_outputs.py, tests/unit/test_output_paths.py.
     """
+    inputs, outputs = list(inputs), list(outputs)
+    check_paths(outputs, inputs)
     staging = Staging(outputs)
     # `held` is left last: a stop held back from the commit on is delivered after the end entry
     with contextlib.ExitStack() as held, audit.stage(name, inputs=inputs, params=params, trail=trail) as rec:

@@ -7,7 +7,7 @@ run, for review; it is never written by default.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -19,7 +19,7 @@ from pathtrail.core.files import remove_outputs, write_csv, write_json
 from pathtrail.data.access import is_regular_within
 from pathtrail.data.report import ERRORS_SHOWN_PER_RULE, format_problems, format_report
 from pathtrail.data.validation import Cohort, Rules, ValidationResult, validate_cohorts
-from pathtrail.pipeline.stagekit import get_logger, path_option, staged_run
+from pathtrail.pipeline.stagekit import check_paths, get_logger, path_option, staged_run
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,8 @@ def run(params: Mapping[str, Any], paths: Paths, *, trail: str | None = None) ->
     # validation reports it and the stage fails
     inputs = [c.manifest for c in cohorts if is_regular_within(c.manifest, rules.max_manifest_bytes)]
     inputs += [root] if root.is_dir() else []
+    if paths.failure_report:  # written outside the staging: never over an input, wherever it lies
+        check_paths([paths.failure_report], [*[c.manifest for c in cohorts], root], within=False)
     with staged_run("validate", inputs=inputs, outputs=[paths.out_dir, paths.report],
                     params={"data": params["data"], "execution": params.get("execution")}, trail=trail) as (rec, out):
         result = validate_cohorts(cohorts, rules)
@@ -47,16 +49,18 @@ def run(params: Mapping[str, Any], paths: Paths, *, trail: str | None = None) ->
         rec.note(errors=len(result.errors), warnings=len(result.warnings),
                  **{f"{name}_patches": len(t) for name, t in result.tables.items()})
         if not result.ok:
-            fail(result, paths)
+            fail(result, paths, inputs=[*[c.manifest for c in cohorts], root])
         for name, table in result.tables.items():
             write_csv(table, out(paths.out_dir) / f"{name}.csv")
         write_json(result.report, out(paths.report))
     return result
 
 
-def fail(result: ValidationResult, paths: Paths) -> NoReturn:
-    """Leave no outputs (not even stale ones), keep the report only if asked, list every error."""
-    remove_outputs(paths.out_dir, paths.report)
+def fail(result: ValidationResult, paths: Paths, inputs: Iterable[str | Path] = ()) -> NoReturn:
+    """Leave no outputs (not even stale ones), keep the report only if asked, list every error.
+    `remove_outputs` refuses first any output that is unsafe to remove (one holding an input
+    included), so a failed run never deletes the user's data."""
+    remove_outputs(paths.out_dir, paths.report, inputs=inputs)
     if paths.failure_report:
         write_json(result.report, paths.failure_report)
     head = f"{len(result.errors)} error(s) in the data; nothing was written."
