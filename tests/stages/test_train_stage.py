@@ -132,6 +132,9 @@ def test_sigkill_mid_epoch_then_rerun_gives_bitwise_identical_weights(tmp_path, 
 
     end = stage_entries(trail)[-1]
     assert end["action"] == "end" and end["outcome"] == "ok" and end["facts"]["resumed_from"] == 1
+    killed_run_saved = [e for e in stage_entries(trail) if e["action"] == "checkpoint_saved"
+                        and e["run_id"] != end["run_id"]]
+    assert end["facts"]["resumed_checkpoint_sha256"] == killed_run_saved[-1]["sha256"]  # the one it recorded
     a, b = weights(ref_out), weights(out)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     for rel in ("train.json", "curves/steps.csv", "curves/epochs.csv", "val_probs.csv"):
@@ -186,7 +189,7 @@ def _assert_close_to_single(single: Path, other: Path) -> None:
 def _assert_one_set_of_outputs(out: Path, trail: Path) -> None:
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
         "curves/epochs.csv", "curves/steps.csv", "model.pt", "train.json", "train.jsonl", "val_probs.csv"]
-    entries = stage_entries(trail)
+    entries = [e for e in stage_entries(trail) if e["action"] != "checkpoint_saved"]
     assert [(e["action"], e["outcome"]) for e in entries] == [("start", "running"), ("end", "ok")]
     assert chain_problems(read_entries(trail)) == []
     assert entries[1]["facts"]["world_size"] == 2
@@ -273,6 +276,7 @@ def test_sigterm_to_a_two_process_run_checkpoints_and_resumes_bitwise(tmp_path, 
     _, ref_err = ref.communicate(timeout=TIMEOUT)
     assert ref.returncode == 0, ref_err.decode()[-3000:]
     assert stage_entries(trail)[-1]["facts"]["resumed_from"] >= 1
+    assert stage_entries(trail)[-1]["facts"]["resumed_checkpoint_sha256"] is not None
     a, b = weights(ref_out), weights(out)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert (ref_out / "curves/steps.csv").read_bytes() == (out / "curves/steps.csv").read_bytes()

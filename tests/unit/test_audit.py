@@ -106,3 +106,11 @@ def test_timeline_one_line_per_entry(trail):
 def test_utc_converts_offsets():
     assert utc("2026-01-02T05:04:05.123+02:00") == "2026-01-02 03:04:05.123Z"
     assert utc("garbage") == "garbage"
+
+
+def test_timeline_names_a_recorded_checkpoint(tmp_path):
+    path = tmp_path / "trail.jsonl"
+    with audit.stage("train", inputs=[], trail=path) as rec:
+        rec.record("checkpoint_saved", sha256="ab" * 32, epoch=2, batch=5)
+    text = format_timeline(audit.read_entries(path), [])
+    assert "checkpoint at epoch 2 batch 5, sha256 abababababab" in text

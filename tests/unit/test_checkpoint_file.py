@@ -20,6 +20,7 @@ from test_training import _fit, _params, _same, make_tiny_store
 
 from conftest import tiny_params, write_params
 from pathtrail.config.loading import read_params
+from pathtrail.core.hashing import sha256_bytes
 from pathtrail.train.checkpoint_file import MAGIC, read_header, write_checkpoint_file
 from pathtrail.train.distributed import SINGLE, World
 from pathtrail.train.inputs import load_training_inputs
@@ -105,8 +106,9 @@ def test_checkpoint_of_another_run_or_world_size_is_set_aside(tmp_path):
     assert read_checkpoint(path, "fp-a", SINGLE) is None and not path.exists()
     path.write_bytes(body)
     ck = read_checkpoint(path, "fp-a", SINGLE)
-    assert ck["state"] == {"epoch": 1} and torch.equal(ck["model"]["w"], torch.ones(2))
-    header, payload = read_header(path)
+    assert ck.payload["state"] == {"epoch": 1} and torch.equal(ck.payload["model"]["w"], torch.ones(2))
+    header, payload, file_sha256 = read_header(path)
+    assert ck.sha256 == file_sha256 == sha256_bytes(path.read_bytes())
     assert header["fingerprint"] == "fp-a" and torch.load(io.BytesIO(payload), weights_only=True)["state"]
 
 

@@ -41,7 +41,7 @@ def test_a_recompile_failure_at_a_later_step_falls_back_to_eager_and_is_recorded
     save_checkpoint(run, path, "fp")
     fresh = _run(tmp_path / "fresh", params)
     assert fresh.core is not fresh.net
-    restore(fresh, read_checkpoint(path, "fp", SINGLE))
+    restore(fresh, read_checkpoint(path, "fp", SINGLE).payload)
     assert fresh.core is fresh.net and fresh.compile_info["eager_from_step"] == 2
     torch._dynamo.reset()
 

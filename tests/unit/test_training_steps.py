@@ -74,7 +74,7 @@ def test_checkpoint_round_trip_restores_the_run(tmp_path):
     save_checkpoint(run, path, "fp")
     _epoch(run)
     fresh, _, _ = _run(tmp_path / "fresh", **{"train.epochs": 2})
-    restore(fresh, read_checkpoint(path, "fp", SINGLE))
+    restore(fresh, read_checkpoint(path, "fp", SINGLE).payload)
     assert fresh.state["epoch"] == 1 and fresh.state["steps"] == run.state["steps"][:len(fresh.state["steps"])]
     _epoch(fresh)
     assert _same(fresh.net.state_dict(), run.net.state_dict())
@@ -87,11 +87,11 @@ def test_every_scheduler_checkpoints_with_weights_only(tmp_path, scheduler):
     _epoch(run)
     path = tmp_path / "ck.pt"
     save_checkpoint(run, path, "fp")
-    _, payload = read_header(path)
+    _, payload, _ = read_header(path)
     torch.load(io.BytesIO(payload), weights_only=True)  # raises unless only tensors and plain values
     ck = read_checkpoint(path, "fp", SINGLE)
     assert ck is not None
     fresh, _, _ = _run(tmp_path / "fresh", **{"train.epochs": 2, "train.scheduler": scheduler})
-    restore(fresh, ck)
+    restore(fresh, ck.payload)
     assert isinstance(fresh.state["best_val_probs"], np.ndarray)
     assert np.array_equal(fresh.state["best_val_probs"], run.state["best_val_probs"])

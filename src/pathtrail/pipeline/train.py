@@ -82,10 +82,17 @@ def train_here(params: Mapping[str, Any], paths: Paths, world: D.World, device: 
     if world.is_main:  # a checkpoint write a kill cut short (the checkpoint before it is intact)
         for tmp in temporary_files(checkpoint):
             tmp.unlink(missing_ok=True)
+    # Only a checkpoint this pipeline wrote and recorded is resumed (the file is not tracked, so
+    # anyone able to write it could otherwise hand this stage a forged state).
+    expected = recorded_checkpoint(audit.read_entries(audit.trail_path(trail))) if world.is_main else None
     with recording as (rec, out), D.peer_failures_reported(world):
+        def saved(**facts: Any) -> None:
+            rec.record("checkpoint_saved", checkpoint=checkpoint.as_posix(), **facts)
+
         result = fit(inp.store, inp.splits["train"], inp.splits["val"], inp.train, inp.model, inp.runtime,
                      num_classes=len(inp.data.classes), fingerprint=inp.fingerprint, checkpoint=checkpoint,
-                     device=device, world=world)
+                     device=device, world=world, expected_sha256=expected,
+                     on_saved=saved if world.is_main else None)
         if not world.is_main:
             return result
         metadata = {
@@ -103,7 +110,20 @@ def train_here(params: Mapping[str, Any], paths: Paths, world: D.World, device: 
         write_csv(epoch_table(result.history), out(curves / "epochs.csv"))
         write_csv(step_table(result.steps), out(curves / "steps.csv"))
         rec.note(best_epoch=result.best_epoch, best_val_auroc=result.best_val_auroc, resumed_from=result.resumed_from,
+                 resumed_checkpoint_sha256=result.resumed_sha256,
                  monitor=monitor(result.history), throughput=result.monitor, world_size=result.world_size)
     checkpoint.unlink(missing_ok=True)  # a finished run leaves nothing a later forced run could resume
     get_logger().info("train.done", best_epoch=result.best_epoch, best_val_auroc=result.best_val_auroc)
     return result
+
+
+def recorded_checkpoint(entries: Sequence[Mapping[str, Any]]) -> str:
+    """The sha256 of the checkpoint a rerun may resume: the last `checkpoint_saved` of a train run
+    that did not end ok (killed, stopped or failed); "" (resume none) when there is none."""
+    ended_ok = {e.get("run_id") for e in entries if e.get("stage") == "train" and e.get("action") == "end"
+                and e.get("outcome") == "ok"}
+    saved = [e for e in entries if e.get("stage") == "train" and e.get("action") == "checkpoint_saved"]
+    last = saved[-1] if saved else None
+    if last is None or last.get("run_id") in ended_ok or not isinstance(last.get("sha256"), str):
+        return ""
+    return last["sha256"]

@@ -32,6 +32,8 @@ def details(e: dict[str, Any]) -> str:
         parts.append(f"commit {commit}{'+dirty' if e.get('git_dirty') else ''}")
     elif e.get("action") == "threshold_locked":
         parts.append(f"threshold {e.get('threshold')} ({e.get('threshold_rule')}) locked")
+    elif e.get("action") == "checkpoint_saved":
+        parts.append(f"checkpoint at epoch {e.get('epoch')} batch {e.get('batch')}, sha256 {str(e.get('sha256'))[:12]}")
     elif e.get("action") == "recover":
         parts.append(f"torn line {e.get('torn_line')} kept verbatim ({e.get('torn_bytes')} bytes)")
     else:

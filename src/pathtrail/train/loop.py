@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
@@ -31,9 +32,10 @@ from pathtrail.core.errors import PathTrailError
 from pathtrail.data.loaders import KeyedBatchSampler, PatchDataset, make_loader
 from pathtrail.data.store import PatchStore
 from pathtrail.train import distributed as D
+from pathtrail.train.checkpoint_file import set_aside
 from pathtrail.train.distributed import World
 from pathtrail.train.models import build_model, load_local_weights
-from pathtrail.train.resume import read_checkpoint, restore, run_fingerprint, save_checkpoint
+from pathtrail.train.resume import read_checkpoint, run_fingerprint, save_checkpoint, try_restore
 from pathtrail.train.steps import (
     TrainingRun,
     end_epoch,
@@ -69,6 +71,7 @@ class FitResult:
     weights_sha256: str | None = None
     monitor: dict[str, float] = field(default_factory=dict)
     world_size: int = 1
+    resumed_sha256: str | None = None  # the sha256 of the checkpoint file resumed from
 
 
 def configure_determinism(p: TrainParams) -> dict[str, Any]:
@@ -146,11 +149,19 @@ def fit(
     fallback_random: bool = True,
     device: torch.device | None = None,
     world: World | None = None,
+    expected_sha256: str | None = None,
+    on_saved: Callable[..., Any] | None = None,
 ) -> FitResult:
     """Train from scratch or resume from `checkpoint` when its fingerprint matches.
 
     `fingerprint` names the inputs (`inputs.load_training_inputs`); the checkpoint must also match
     this torch version, device type and number of processes (`resume.run_fingerprint`).
+
+    With `expected_sha256` only a checkpoint file of that sha256 is resumed ("": none is); rank 0
+    calls `on_saved(sha256=..., fingerprint=..., epoch=..., batch=...)` after writing each one (the
+    caller's record of what it wrote). A checkpoint that passes the file checks but cannot be
+    restored into this run is set aside too, and the run starts afresh (rebuilt: bitwise as if the
+    file had not been there).
 
     With `world.size > 1` every rank calls `fit` inside `distributed.process_group`; all ranks
     return the same result, and only rank 0 touches `checkpoint`.
@@ -161,20 +172,28 @@ def fit(
                              "run it inside pathtrail.train.distributed.process_group")
     device = device or (D.device_for(world) if world.distributed else
                         torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    run, weights_sha = build_run(store, train, val, params, model_params, runtime, num_classes=num_classes,
-                                 use_compile=params.use_compile if use_compile is None else use_compile,
-                                 fallback_random=fallback_random, device=device, world=world)
-    resumed_from = None
+
+    def fresh_run() -> tuple[TrainingRun, str | None]:
+        return build_run(store, train, val, params, model_params, runtime, num_classes=num_classes,
+                         use_compile=params.use_compile if use_compile is None else use_compile,
+                         fallback_random=fallback_random, device=device, world=world)
+
+    run, weights_sha = fresh_run()
+    resumed_from = resumed_sha = None
     fingerprint = run_fingerprint(fingerprint, device, world)
-    ck = read_checkpoint(checkpoint, fingerprint, world)
-    if ck is not None:
-        restore(run, ck)
-        resumed_from = run.state["epoch"]
-        run.info("train.resume", epoch=run.state["epoch"], batch=run.state["batch"], checkpoint=str(checkpoint))
+    ck = read_checkpoint(checkpoint, fingerprint, world, expected_sha256)
+    if ck is not None and (problem := try_restore(run, ck.payload)) is not None:
+        if world.is_main:
+            set_aside(checkpoint, f"cannot be restored into this run: {problem}")
+        run, weights_sha = fresh_run()
+    elif ck is not None:
+        resumed_from, resumed_sha = run.state["epoch"], ck.sha256
+        run.info("train.resume", epoch=run.state["epoch"], batch=run.state["batch"], checkpoint=str(checkpoint),
+                 sha256=ck.sha256)
     del ck
 
     def save() -> None:
-        save_checkpoint(run, checkpoint, fingerprint)
+        save_checkpoint(run, checkpoint, fingerprint, on_saved)
 
     with _StopRequest() as stop:
         while run.state["epoch"] < params.epochs and not run.state["early_stopped"]:
@@ -182,7 +201,7 @@ def fit(
             end_epoch(run, timing, *validate(run))
             if run.state["epoch"] % params.checkpoint_every == 0 and run.state["epoch"] < params.epochs:
                 save()
-    return fit_result(run, resumed_from, weights_sha)
+    return fit_result(run, resumed_from, weights_sha, resumed_sha)
 
 
 def build_run(store: PatchStore, train: Split, val: Split, params: TrainParams, model_params: ModelParams,
@@ -238,7 +257,8 @@ def build_run(store: PatchStore, train: Split, val: Split, params: TrainParams, 
     return run, weights_sha
 
 
-def fit_result(run: TrainingRun, resumed_from: int | None, weights_sha: str | None) -> FitResult:
+def fit_result(run: TrainingRun, resumed_from: int | None, weights_sha: str | None,
+               resumed_sha256: str | None = None) -> FitResult:
     state = run.state
     total = state["compute_s"] + state["wait_s"]
     return FitResult(
@@ -252,6 +272,7 @@ def fit_result(run: TrainingRun, resumed_from: int | None, weights_sha: str | No
         epochs_run=state["epoch"],
         early_stopped=state["early_stopped"],
         resumed_from=resumed_from,
+        resumed_sha256=resumed_sha256,
         compile=run.compile_info,
         weights_sha256=weights_sha,
         monitor={
