@@ -290,6 +290,7 @@ def schema_problems(frame: pd.DataFrame, scope: Scope, classes: tuple[str, ...])
         cases = exc.failure_cases
     root = scope.cohort.data_root.as_posix()
     names = ", ".join(repr(c) for c in classes)
+    repeated = _repeated_lines(frame, cases)
     for case in cases.itertuples(index=False):
         column, check, value, line = case.column, case.check, case.failure_case, case.index
         file = frame.at[line, "path"] if "path" in frame and line_number(line) else None
@@ -297,10 +298,10 @@ def schema_problems(frame: pd.DataFrame, scope: Scope, classes: tuple[str, ...])
         if check == "column_in_dataframe":
             continue  # reported by _check_header, with a hint
         if check == "field_uniqueness":
-            same = frame.index[frame[column] == value]
-            if line_number(line) != int(same.min()):
+            first, shown = repeated[column, value]
+            if line_number(line) != first:
                 scope.add("error", "duplicate_path", f"the path is listed more than once (lines "
-                          f"{list_lines(same)})", "list every patch once; delete the repeated rows",
+                          f"{shown})", "list every patch once; delete the repeated rows",
                           line, column, file)
             continue
         rule, message, hint = _SCHEMA_RULES.get(
@@ -308,3 +309,18 @@ def schema_problems(frame: pd.DataFrame, scope: Scope, classes: tuple[str, ...])
         fmt = {"value": value, "column": column, "root": root, "k": len(classes) - 1,
                "names": names}
         scope.add("error", rule, message.format(**fmt), hint.format(**fmt), line, column, file)
+
+
+def _repeated_lines(frame: pd.DataFrame, cases: pd.DataFrame) -> dict[tuple[str, Any], tuple[int, str]]:
+    """(column, value) -> (first line, `list_lines` text) for every value failing uniqueness.
+
+    Grouped once: per failing row it would be quadratic (20,000 copies of one path took minutes).
+    """
+    out: dict[tuple[str, Any], tuple[int, str]] = {}
+    unique = cases[cases["check"] == "field_uniqueness"]
+    for column in unique["column"].unique():
+        values = frame[column]
+        values = values[values.isin(unique.loc[unique["column"] == column, "failure_case"])]
+        for value, lines in values.groupby(values, sort=False).groups.items():
+            out[column, value] = (int(min(lines)), list_lines(lines))
+    return out
