@@ -98,3 +98,44 @@ def test_a_repeated_scan_jpeg_in_a_manifest_is_an_error(corpus, capsys):  # noqa
     assert rc == 1 and time.monotonic() - t0 < 10
     problem = find(report, "image_scans", line=4, column="path")
     assert "scans" in problem["message"] and "re-export" in problem["hint"]
+
+
+def test_invisible_characters_and_mixed_scripts_in_ids_are_errors(corpus, capsys):  # noqa: F811
+    rows = corpus.rows["internal"]
+    rows[0][2], rows[2][3], rows[4][4], rows[6][4] = "iP0\u200b", "iS1\u2060", "site\ufeffA", "siteА"
+    rc, report = run(corpus, capsys, external=False)
+    assert rc == 1
+    for line, column, shown in [(2, "patient_id", "\\u200b"), (4, "slide_id", "\\u2060"),
+                                (6, "site", "\\ufeff")]:
+        problem = find(report, "value_invisible_character", line=line, column=column)
+        assert shown in problem["message"], problem
+    mixed = find(report, "value_mixed_scripts", line=8, column="site")
+    assert "Cyrillic and Latin" in mixed["message"] and "\\u0410" in mixed["message"]
+    rc = validate_command([*corpus.args(external=False), "--classes", "benign,tumour",
+                           "--patch-size", str(SIZE), "--min-per-class", "2"])
+    out = capsys.readouterr().out
+    assert "iP0\\u200b" in out and "\u200b" not in out  # printed escaped: no twin of 'iP0'
+
+
+def test_lookalike_ids_across_and_within_cohorts(corpus, capsys):  # noqa: F811
+    ext = corpus.rows["external"]
+    ext[0][2] = ext[1][2] = "IP0"  # case
+    ext[2][2] = ext[3][2] = "ｉP1"  # fullwidth i: NFKC folds it
+    ext[4][3] = "is2"  # slide, case
+    for row in ext:
+        row[4] = "INTERNAL"
+    rc, report = run(corpus, capsys)
+    assert rc == 1
+    for rule, shown in [("patient_lookalike_in_both_cohorts", "'IP0'"),
+                        ("patient_lookalike_in_both_cohorts", "'ｉP1'"),
+                        ("slide_lookalike_in_both_cohorts", "'is2'"),
+                        ("site_lookalike_in_both_cohorts", "'INTERNAL'")]:
+        assert any(p["rule"] == rule and shown in p["message"] and "looks like internal"
+                   in p["message"] for p in report["errors"]), (rule, shown, report["errors"])
+    rc, report = run(corpus, capsys, "--allow-shared-site")
+    assert "site_lookalike_in_both_cohorts" not in report["error_counts"]
+    corpus.rows["external"] = [r[:4] + ["external"] for r in corpus.rows["external"]]
+    corpus.rows["internal"][7][2] = "ip3"  # within one cohort: 'iP3' and 'ip3'
+    rc, report = run(corpus, capsys)
+    problem = find(report, "patient_lookalike", line=9, column="patient_id")
+    assert "'iP3' (line 8), 'ip3' (line 9)" in problem["message"]
