@@ -6,11 +6,13 @@ from __future__ import annotations
 import io
 import struct
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from test_validation import SIZE, corpus, find, run  # noqa: F401  (corpus: a fixture)
+from test_validation_budgets import big_png
 
 from pathtrail.cli.validate import validate_command
 from pathtrail.data.images import MAX_JPEG_SCANS, inspect_file, jpeg_scans
@@ -139,3 +141,69 @@ def test_lookalike_ids_across_and_within_cohorts(corpus, capsys):  # noqa: F811
     rc, report = run(corpus, capsys)
     problem = find(report, "patient_lookalike", line=9, column="patient_id")
     assert "'iP3' (line 8), 'ip3' (line 9)" in problem["message"]
+
+
+# ---------------------------------------------------------------------------------- messages
+def png16_rgb(path: Path, side: int = SIZE) -> Path:
+    """A 16-bit-per-channel RGB PNG (Pillow reads it as 8-bit RGB, dropping the low bytes)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    rows = b"".join(b"\0" + struct.pack(">H", 30000 + k) * (3 * side) for k in range(side))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 16,
+                     2, 0, 0, 0)) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    return path
+
+
+def test_16_bit_colour_is_refused_like_16_bit_grey(corpus, capsys):  # noqa: F811
+    png16_rgb(corpus.root / "internal/i1_0.png")
+    with Image.open(corpus.root / "internal/i1_0.png") as img:
+        assert img.mode == "RGB"  # what made it pass silently, truncated
+    for policy in ("convert", "reject"):
+        rc, report = run(corpus, capsys, "--mode-policy", policy)
+        assert rc == 1
+        assert "RGB;16" in find(report, "image_mode_unsupported", line=4)["message"]
+
+
+def test_wide_encodings_are_named_in_the_hint(corpus, capsys):  # noqa: F811
+    text = "path,label,patient_id,slide_id,site\na.png,0,P,S,x\n"
+    for codec, source in (("utf-32", "UTF-32 "), ("utf-32-le", "UTF-32LE"), ("utf-16", "UTF-16 ")):
+        (corpus.tmp / "w.csv").write_bytes(text.encode(codec))
+        _, report = run(corpus, capsys, "--internal", str(corpus.tmp / "w.csv"))
+        assert f"iconv -f {source}" in find(report, "manifest_encoding")["hint"], codec
+
+
+def test_an_image_over_pillows_limit_is_named_by_its_size(corpus, capsys):  # noqa: F811
+    big_png(corpus.root / corpus.rows["internal"][0][0], 20000, 10000)
+    _, report = run(corpus, capsys, external=False)
+    message = find(report, "image_too_large", line=2)["message"]
+    assert "20000x10000 = 200000000 pixels, over the budget of" in message, message
+    assert "DOS" not in message and "Image size" not in message
+
+
+def test_unlisted_problems_say_how_to_see_them(corpus, capsys):  # noqa: F811
+    for row in corpus.rows["internal"]:
+        row[0] = "gone/" + row[0]  # 8 missing files
+    corpus.rows["internal"] += [[f"gone/x{k}.png", "0", "iP9", "iS9", "internal"] for k in range(8)]
+    args = [*corpus.args(external=False), "--classes", "benign,tumour", "--min-per-class", "2"]
+    assert validate_command(args) == 1
+    assert "more 'file_missing' (all are in the JSON report: rerun with --report FILE or --json)" \
+        in capsys.readouterr().out
+    assert validate_command([*args, "--report", str(corpus.tmp / "r.json")]) == 1
+    assert f"(see the JSON report '{corpus.tmp / 'r.json'}')" in capsys.readouterr().out
+
+
+def test_workers_are_capped(corpus, capsys):  # noqa: F811
+    rc = validate_command([*corpus.args(), "--classes", "a,b", "--workers", "100000"])
+    assert rc == 2 and "--workers must be <= 64, got 100000" in capsys.readouterr().err
+
+
+def test_long_paths_are_shortened_on_the_console_only(corpus, capsys):  # noqa: F811
+    long = "internal/" + "/".join(["d" * 50] * 6) + "/end.png"
+    corpus.rows["internal"][0][0] = long
+    _, report = run(corpus, capsys, external=False)
+    assert find(report, "file_missing", line=2)["file"] == long
+    validate_command([*corpus.args(external=False), "--classes", "benign,tumour"])
+    entry = next(e for e in capsys.readouterr().out.splitlines() if "[file_missing]" in e)
+    assert long not in entry and "…" in entry and "/end.png'" in entry

@@ -32,6 +32,8 @@ from pathtrail.data.access import explain_os_error
 from pathtrail.data.report import format_report
 from pathtrail.data.validation import Cohort, Rules, validate_cohorts
 
+MAX_WORKERS = 64  # --workers: image-check threads; more only costs memory (a stack each)
+
 
 def _parser() -> argparse.ArgumentParser:
     from pathtrail.cli.commands import epilog
@@ -103,6 +105,9 @@ def rules_from_args(args: argparse.Namespace) -> Rules:
         value = base.get(key) if key != "workers" else args.workers
         if value is not None and value < 1:
             raise PathTrailError(f"--{key.replace('_', '-')} must be >= 1, got {value}")
+    if args.workers is not None and args.workers > MAX_WORKERS:
+        raise PathTrailError(f"--workers must be <= {MAX_WORKERS}, got {args.workers} (threads "
+                             "beyond a few per CPU only cost memory)")
     return Rules(**base)
 
 
@@ -121,8 +126,10 @@ def validate_command(argv: list[str] | None = None) -> int:
     cohorts = [Cohort(name, Path(path), Path(args.data_root or Path(path).parent))
                for name, path in (("internal", args.internal), ("external", args.external)) if path]
     result = validate_cohorts(cohorts, rules, workers=args.workers)
+    rest = (f"see the JSON report '{args.report}'" if args.report
+            else "all are in the JSON report: rerun with --report FILE or --json")
     sys.stdout.write(json_printable(canonical_json(result.report)) if args.json
-                     else format_report(result.report))
+                     else format_report(result.report, rest))
     if args.report:
         try:
             write_json(result.report, args.report)

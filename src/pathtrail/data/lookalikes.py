@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import unicodedata
 
+import numpy as np
 import pandas as pd
 
 from pathtrail.core.text import printable
@@ -49,7 +50,7 @@ def text_problems(frame: pd.DataFrame, scope: Scope) -> None:
         if column not in frame:
             continue
         values = frame[column].dropna()
-        values = values[~(values.map(str.isprintable) & values.map(str.isascii))]
+        values = values[np.array([not (v.isprintable() and v.isascii()) for v in values], bool)]
         for line, value in values.items():  # few: the rest is skipped by two C-speed passes
             bad, scripts = _bad_character(value), _scripts(value)
             file = frame.at[line, "path"] if "path" in frame else None
