@@ -231,6 +231,8 @@ def test_manifest_row_limit(corpus, capsys):
 @pytest.mark.parametrize("rows, row", [
     (200_000, "slides/patient_{i:07d}/slide_{i:07d}/tile_{i:09d}.png,{label},P{i},S{i},site{s}"),
     (1_200_000, "{i:x},{label},p,s,x"),  # 16 MiB of the shortest rows: refused past the row limit
+    (200_000, "{i},,,,"),  # four empty cells a row: 800,000 problems (peaked at 566 MB)
+    (200_000, "p{i:07d}.png,{i:040d},P{i},S{i},s"),  # 200,000 distinct unknown labels
 ])
 def test_the_largest_manifest_the_budgets_allow(tmp_path, rows, row):
     """Every row a problem, at the default byte and row limits, JSON report: still < 500 MB."""

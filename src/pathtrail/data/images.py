@@ -148,14 +148,21 @@ def _header_size(data: bytes) -> tuple[int, int] | None:
 # followed by a stuffed 0x00 (T.81 B.1.1.5) and the only markers allowed are RST0-7 (FFD0-D7), so
 # the first FF followed by anything else (after optional FF fill bytes) is the next real marker.
 _NEXT_MARKER = re.compile(rb"\xff+[^\x00\xff\xd0-\xd7]")
+_ANY_MARKER = re.compile(rb"\xff+[^\x00\xff]")
 
 
 def jpeg_scans(data: bytes, stop: int | None = None) -> int:
     """How many scans (SOS segments) a JPEG holds, read from its marker structure (segments are
     skipped by their length, so an FF DA inside a comment or thumbnail is not counted); counting
-    ends at `stop`, at EOI, or where the structure breaks (the decoder then reports it)."""
+    ends at `stop`, at EOI or at the end of the data; junk between segments is skipped as libjpeg
+    skips it (to the next FF that starts a marker), so it cannot hide scans from the count."""
     scans, pos, n = 0, 2, len(data)
-    while pos + 4 <= n and data[pos] == 0xFF:
+    while pos + 4 <= n:
+        if data[pos] != 0xFF:  # junk between segments: libjpeg skips to the next marker, so do we
+            junk = _ANY_MARKER.search(data, pos)
+            if junk is None:
+                break
+            pos = junk.end() - 2
         marker = data[pos + 1]
         if marker == 0xFF:  # fill byte
             pos += 1

@@ -79,11 +79,14 @@ class Scope:
     cohort: Cohort
     problems: list[Problem] = field(default_factory=list)
     _manifest: str = field(default="", repr=False, compare=False)
+    _texts: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     def add(self, severity: str, rule: str, message: str, hint: str, line: Any = None,
             column: str | None = None, file: str | None = None) -> None:
         manifest = self._manifest or self.cohort.manifest.as_posix()  # one string, shared
         self._manifest = manifest
+        texts = self._texts  # equal messages and hints (one per missing file, say) share a string
+        message, hint = texts.setdefault(message, message), texts.setdefault(hint, hint)
         where = (self.cohort.name, manifest, line_number(line), column, file)
         self.problems.append(Problem(severity, rule, message, hint, *where))
 
@@ -115,7 +118,7 @@ def read_manifest(scope: Scope, max_bytes: int = DEFAULT_MAX_MANIFEST_BYTES,
 
     Only a regular file of at most `max_bytes` is read (`pathtrail.data.access`): `--internal
     /dev/zero` or a FIFO is refused from its `stat`; parsing stops past `max_rows` rows (memory
-    grows with rows, about 1.5 KB each when every row has a problem). Returns None when the file cannot be read as a
+    grows with rows, about 0.5 KB each when every row has a problem). Returns None when the file cannot be read as a
     table at all (the reasons are in `scope`).
     """
     add = scope.add
@@ -309,7 +312,7 @@ def schema_problems(frame: pd.DataFrame, scope: Scope, classes: tuple[str, ...])
     names = ", ".join(repr(c) for c in classes)
     repeated = _repeated_lines(frame, cases)
     paths = frame["path"].to_dict() if "path" in frame else {}  # .at per row: 30 s per 200,000
-    texts: dict[tuple[Any, ...], tuple[str, str]] = {}  # equal messages share one string
+    texts: dict[tuple[Any, ...], tuple[str, str]] = {}  # formatted once when value-free
     for column, check, value, line in zip(cases["column"], cases["check"], cases["failure_case"],
                                           cases["index"], strict=True):
         file = paths.get(line) if line_number(line) else None
@@ -325,11 +328,15 @@ def schema_problems(frame: pd.DataFrame, scope: Scope, classes: tuple[str, ...])
             continue
         rule, message, hint = _SCHEMA_RULES.get(
             check, (check, f"value '{value}' fails check {check}", "correct the value"))
-        key = (check, column, value if "{value}" in message + hint else None)
+        key = (check, column)
         if key not in texts:
             fmt = {"value": value, "column": column, "root": root, "k": len(classes) - 1,
                    "names": names}
-            texts[key] = (message.format(**fmt), hint.format(**fmt))
+            text = (message.format(**fmt), hint.format(**fmt))
+            if "{value}" in message + hint:
+                scope.add("error", rule, *text, line, column, file)
+                continue
+            texts[key] = text
         scope.add("error", rule, *texts[key], line, column, file)
 
 
