@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import zlib
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -186,7 +187,7 @@ def test_multi_frame_images_are_refused(corpus, capsys, fmt):
     rc, report = run(corpus, capsys, external=False)
     assert rc == 1
     problem = find(report, "image_frames", line=4, column="path", file=corpus.rows["internal"][2][0])
-    assert "3 frames" in problem["message"] and "single-frame" in problem["hint"]
+    assert "more than one frame" in problem["message"] and "single-frame" in problem["hint"]
 
 
 def test_library_warnings_are_kept_per_file_across_threads(tmp_path, monkeypatch, capsys):
@@ -231,6 +232,8 @@ def test_manifest_row_limit(corpus, capsys):
 @pytest.mark.parametrize("rows, row", [
     (200_000, "slides/patient_{i:07d}/slide_{i:07d}/tile_{i:09d}.png,{label},P{i},S{i},site{s}"),
     (1_200_000, "{i:x},{label},p,s,x"),  # 16 MiB of the shortest rows: refused past the row limit
+    (200_000, "{i},,,,"),  # four empty cells a row: 800,000 problems (peaked at 566 MB)
+    (200_000, "p{i:07d}.png,{i:040d},P{i},S{i},s"),  # 200,000 distinct unknown labels
 ])
 def test_the_largest_manifest_the_budgets_allow(tmp_path, rows, row):
     """Every row a problem, at the default byte and row limits, JSON report: still < 500 MB."""
@@ -244,7 +247,8 @@ def test_the_largest_manifest_the_budgets_allow(tmp_path, rows, row):
                       str(tmp_path / "empty"), "--json", wall_s=150)
     assert result["rc"] == 1
     report = json.loads(result["out"])
-    assert len(report["errors"]) <= 1000 and report["n_errors"] >= 1
+    listed = Counter(p["rule"] for p in report["errors"])
+    assert max(listed.values()) <= 1000 and report["n_errors"] >= 1  # per rule
 
 
 @pytest.mark.parametrize("content", [

@@ -67,7 +67,8 @@ def test_json_output_is_printable_and_exact(corpus, capsys):
     for r in corpus.rows["internal"]:
         r[4] = site
     rc, report = run(corpus, capsys)  # parses the JSON printed
-    assert rc == 0 and list(report["cohorts"]["internal"]["sites"]) == [site]
+    assert rc == 1 and list(report["cohorts"]["internal"]["sites"]) == [site]
+    assert report["error_counts"] == {"value_invisible_character": 8}  # the site itself is one
     validate_command([*corpus.args(), *BASE_ARGS, "--json"])
     out = capsys.readouterr().out
     assert_inert(out)

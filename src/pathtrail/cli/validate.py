@@ -34,6 +34,8 @@ from pathtrail.data.access import explain_os_error
 from pathtrail.data.report import format_report
 from pathtrail.data.validation import Cohort, Rules, validate_cohorts
 
+MAX_WORKERS = 64  # --workers: image-check threads; more only costs memory (a stack each)
+
 
 def _parser() -> argparse.ArgumentParser:
     from pathtrail.cli.commands import epilog
@@ -105,6 +107,9 @@ def rules_from_args(args: argparse.Namespace) -> Rules:
         value = base.get(key) if key != "workers" else args.workers
         if value is not None and value < 1:
             raise PathTrailError(f"--{key.replace('_', '-')} must be >= 1, got {value}")
+    if args.workers is not None and args.workers > MAX_WORKERS:
+        raise PathTrailError(f"--workers must be <= {MAX_WORKERS}, got {args.workers} (threads "
+                             "beyond a few per CPU only cost memory)")
     return Rules(**base)
 
 
@@ -140,8 +145,10 @@ def validate_command(argv: list[str] | None = None) -> int:
         print(f"{parser.prog}: error: --report '{printable(args.report)}' {clash}", file=sys.stderr)
         return 2
     result = validate_cohorts(cohorts, rules, workers=args.workers)
+    rest = (f"see the JSON report '{args.report}'" if args.report
+            else "all are in the JSON report: rerun with --report FILE or --json")
     sys.stdout.write(json_printable(canonical_json(result.report)) if args.json
-                     else format_report(result.report))
+                     else format_report(result.report, rest))
     if args.report:
         try:
             write_json(result.report, args.report)

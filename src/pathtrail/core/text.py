@@ -4,6 +4,7 @@ Markdown and HTML made inert."""
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Any
 
 _CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7F, 0xA0)] if c != 0x09}
@@ -12,14 +13,36 @@ _CONTROL |= {c: f"\\u{c:04x}" for c in [0x061C, 0x200E, 0x200F, 0x2028, 0x2029, 
                                           *range(0x2066, 0x206A), 0xFEFF]}
 
 
+class _Escapes(dict):
+    """`_CONTROL`, and any other invisible format character (Unicode category Cf: zero-width
+    space U+200B, joiners, word joiner U+2060, soft hyphen, tags ...) as \\uNNNN, found on first
+    use: two ids differing only by one would otherwise print identically."""
+
+    def __init__(self, table: dict[int, str], lowest: int, json: bool = False) -> None:
+        super().__init__(table)
+        self._lowest, self._json = lowest, json  # JSON: astral ones as a surrogate pair
+
+    def __missing__(self, c: int) -> str:
+        if c >= self._lowest and unicodedata.category(chr(c)) == "Cf":
+            high, low = divmod(c - 0x10000, 0x400)
+            value = (f"\\u{c:04x}" if c <= 0xFFFF else f"\\u{0xD800 + high:04x}\\u{0xDC00 + low:04x}"
+                     if self._json else f"\\U{c:08x}")
+        else:
+            value = chr(c)
+        self[c] = value
+        return value
+
+
 def printable(text: str) -> str:
     """Control characters (newlines, ANSI escapes, C1 codes) shown as \\xNN, and bidirectional or
     line-separator code points as \\uNNNN: a hostile file name or error text cannot forge report
     lines, reorder them visually or recolour the terminal."""
-    return str(text).translate(_CONTROL)
+    return str(text).translate(_PRINTABLE)
 
 
-_JSON_UNSAFE = {c: f"\\u{c:04x}" for c in _CONTROL if c >= 0x7F}  # json.dumps escapes the rest
+_PRINTABLE = _Escapes(_CONTROL, 0)
+_JSON_UNSAFE = _Escapes({c: f"\\u{c:04x}" for c in _CONTROL if c >= 0x7F}, 0x7F, json=True)  # json.dumps
+# escapes the rest
 
 
 def json_printable(text: str) -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import threading
 import warnings
 from collections.abc import Iterator, Sequence
@@ -40,6 +41,10 @@ DEFAULT_MAX_PIXELS = 1 << 20  # data.max_image_pixels: 1024x1024, 256 times a 64
 # Raster formats decoded in-process. Others are refused unopened: Pillow's EPS plugin, say, runs
 # Ghostscript on the file, and validation executes nothing a user supplies.
 IMAGE_FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "GIF", "WEBP", "PPM")
+# Each scan of a JPEG is a pass over the whole image: a 4 MB file repeating one tiny progressive
+# scan 300,000 times decodes for minutes within every byte and pixel budget. Normal progressive
+# JPEGs have about 10 scans (libjpeg's default script: 10 for colour), baseline ones 1.
+MAX_JPEG_SCANS = 100
 
 
 @dataclass(frozen=True)
@@ -107,17 +112,75 @@ def _inspect_regular(real: str, max_pixels: int) -> FileFacts:
             if width * height > max_pixels:
                 return FileFacts("image_too_large", f"{width}x{height} = {width * height} pixels, "
                                  f"over the budget of {max_pixels}", digest, mode, width, height)
-            frames = int(getattr(img, "n_frames", 1) or 1)
-            if frames > 1:
-                return FileFacts("image_frames", f"{frames} frames", digest, mode, width, height)
+            if getattr(img, "is_animated", False):  # seeks to frame 2 at most, unlike n_frames
+                return FileFacts("image_frames", "more than one frame", digest, mode, width, height)
+            if img.format == "JPEG" and jpeg_scans(data, MAX_JPEG_SCANS + 1) > MAX_JPEG_SCANS:
+                return FileFacts("image_scans", f"more than {MAX_JPEG_SCANS} scans", digest, mode,
+                                 width, height)
+            if img.format == "PNG" and data[24:25] == b"\x10" and mode in ("RGB", "RGBA"):
+                mode += ";16"  # Pillow would silently drop the low byte of 16-bit colour
             img.load()  # forces a full decode: a truncated file fails here, not in training
             rgb = _as_rgb(img)
-    except Image.DecompressionBombError as exc:  # over twice Pillow's own limit, seen in the header
-        return FileFacts("image_too_large", str(exc), sha256=digest)
+    except Image.DecompressionBombError:  # over twice Pillow's own limit, seen in the header
+        width, height = _header_size(data) or (0, 0)
+        size = f"{width}x{height} = {width * height} pixels" if width else "larger than"
+        return FileFacts("image_too_large", f"{size}, over the budget of {max_pixels}", digest)
     except Exception as exc:  # noqa: BLE001  PIL raises many types (OSError, SyntaxError, ...)
         return FileFacts("image_decode", _decode_reason(exc), sha256=digest)
     return FileFacts(None, "", digest, mode, width, height,
                      tissue_fraction(rgb) if rgb is not None else None)
+
+
+def _header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the header alone: the format plugins, without `Image.open`'s bomb check."""
+    for fmt in IMAGE_FORMATS:
+        factory, accept = Image.OPEN[fmt]
+        if accept is None or accept(data[:16]):
+            try:
+                with factory(io.BytesIO(data)) as img:
+                    return img.size
+            except Exception:  # noqa: BLE001, S112  not this format: try the next
+                continue
+    return None
+
+
+# After a scan's header, its entropy-coded data run to the next marker. There every 0xFF byte is
+# followed by a stuffed 0x00 (T.81 B.1.1.5) and the only markers allowed are RST0-7 (FFD0-D7), so
+# the first FF followed by anything else (after optional FF fill bytes) is the next real marker.
+_NEXT_MARKER = re.compile(rb"\xff+[^\x00\xff\xd0-\xd7]")
+_ANY_MARKER = re.compile(rb"\xff+[^\x00\xff]")
+
+
+def jpeg_scans(data: bytes, stop: int | None = None) -> int:
+    """How many scans (SOS segments) a JPEG holds, read from its marker structure (segments are
+    skipped by their length, so an FF DA inside a comment or thumbnail is not counted); counting
+    ends at `stop`, at EOI or at the end of the data; junk between segments is skipped as libjpeg
+    skips it (to the next FF that starts a marker), so it cannot hide scans from the count."""
+    scans, pos, n = 0, 2, len(data)
+    while pos + 4 <= n:
+        if data[pos] != 0xFF:  # junk between segments: libjpeg skips to the next marker, so do we
+            junk = _ANY_MARKER.search(data, pos)
+            if junk is None:
+                break
+            pos = junk.end() - 2
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+        elif marker == 0xD9:  # EOI
+            break
+        elif 0xD0 <= marker <= 0xD7 or marker == 0x01:  # no length
+            pos += 2
+        else:
+            end = pos + 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+            if marker != 0xDA:
+                pos = end
+                continue
+            scans += 1
+            found = _NEXT_MARKER.search(data, end)
+            if (stop is not None and scans >= stop) or found is None:
+                break
+            pos = found.end() - 2
+    return scans
 
 
 def _as_rgb(img: Image.Image) -> np.ndarray | None:
@@ -230,6 +293,9 @@ _FILE_RULES = {  # FileFacts.problem -> (message, hint)
                         "/ --max-image-pixels")),
     "image_frames": ("the image holds {detail} (an animated or multi-page file); it was not decoded",
                      "save each patch as a single-frame PNG or JPEG"),
+    "image_scans": (("the JPEG holds {detail} (a normal progressive JPEG has about 10; each costs "
+                     "a full decoding pass); it was not decoded"),
+                    "re-export the patch (as PNG, or as a baseline JPEG)"),
     "path_outside_root": ("the path {detail} (data root '{root}')",
                           "copy the file into the data root instead of linking to it"),
     "file_empty": ("the file is empty (0 bytes)",

@@ -14,10 +14,12 @@ ERRORS_SHOWN_PER_RULE = 10  # more of one rule are counted, not listed (all are 
 
 def format_problems(problems: list[dict[str, Any]], per_rule: int | None = None,
                     cohorts: dict[str, Any] | None = None,
-                    omitted: dict[str, dict[str, int]] | None = None) -> list[str]:
+                    omitted: dict[str, dict[str, int]] | None = None,
+                    rest: str = "see the JSON report") -> list[str]:
     """One readable entry per problem; with `per_rule`, at most that many of each rule, after a
     summary line for each rule that repeats more often (test_validation_messages). `omitted`:
-    entries the report left out, by cohort and rule (counted in the summary)."""
+    entries the report left out, by cohort and rule (counted in the summary). `rest`: where the
+    unlisted ones are (the JSON report's path, or how to get one)."""
     shown: Counter[str] = Counter()
     lines, hidden = [], Counter()
     for by_rule in (omitted or {}).values():
@@ -28,7 +30,7 @@ def format_problems(problems: list[dict[str, Any]], per_rule: int | None = None,
             hidden[p["rule"]] += 1
             continue
         lines += ("  " + Problem(**p).format()).split("\n")  # its only raw newline: before "fix:"
-    lines += [f"  ... and {n} more '{rule}' (see the JSON report)"
+    lines += [f"  ... and {n} more '{rule}' ({rest})"
               for rule, n in sorted(hidden.items())]
     return repeated_summary(problems, per_rule, cohorts or {}, omitted or {}) + lines
 
@@ -55,8 +57,9 @@ def repeated_summary(problems: list[dict[str, Any]], per_rule: int | None,
     return out
 
 
-def format_report(report: dict[str, Any]) -> str:
-    """The readable form of a validation report (the JSON's content, warnings capped per rule)."""
+def format_report(report: dict[str, Any], rest: str = "see the JSON report") -> str:
+    """The readable form of a validation report (the JSON's content, warnings capped per rule);
+    `rest` says where the problems not listed are (`format_problems`)."""
     rules = report["rules"]
     status = "FAILED" if report["status"] == "failed" else "OK"
     size = rules["patch_size"]
@@ -91,11 +94,11 @@ def format_report(report: dict[str, Any]) -> str:
     if report["errors"]:
         out += ["", f"ERRORS ({report['n_errors']}):",
                 *format_problems(report["errors"], ERRORS_SHOWN_PER_RULE, report["cohorts"],
-                                 report["omitted"]["errors"])]
+                                 report["omitted"]["errors"], rest)]
     if report["warnings"]:
         out += ["", f"WARNINGS ({report['n_warnings']}):",
                 *format_problems(report["warnings"], WARNINGS_SHOWN_PER_RULE, report["cohorts"],
-                                 report["omitted"]["warnings"])]
+                                 report["omitted"]["warnings"], rest)]
     return "\n".join(printable(line) for line in out) + "\n"  # user strings cannot forge lines or colours
 
 

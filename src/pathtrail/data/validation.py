@@ -35,6 +35,7 @@ from typing import Any
 
 import pandas as pd
 
+from pathtrail.data import lookalikes
 from pathtrail.data.images import DEFAULT_MAX_PIXELS, default_workers, inspect_files, judge_file
 from pathtrail.data.manifests import (
     DEFAULT_MAX_MANIFEST_BYTES,
@@ -354,6 +355,7 @@ def validate_cohorts(cohorts: list[Cohort], rules: Rules, workers: int | None = 
             summaries[cohort.name] = None
             continue
         schema_problems(frame, scope, rules.classes)
+        lookalikes.text_problems(frame, scope)
         if not set(REQUIRED_COLUMNS) <= set(frame.columns):
             summaries[cohort.name] = None
             continue
@@ -363,10 +365,12 @@ def validate_cohorts(cohorts: list[Cohort], rules: Rules, workers: int | None = 
         frame["sha256"] = facts["sha256"]
         labels[cohort.name] = frame["label"].map(tokens).astype("Int64")
         cohort_problems(frame, labels[cohort.name], scope, rules)
+        lookalikes.within_cohort_problems(frame, scope)
         frames[cohort.name] = frame
         summaries[cohort.name] = cohort_summary(frame, labels[cohort.name], facts, cohort,
                                                 rules.classes)
     cross_cohort_problems(frames, scopes, rules.allow_shared_site)
+    lookalikes.across_cohort_problems(frames, scopes, rules.allow_shared_site)
     problems = [p for s in scopes.values()  # by cohort, then by line (file-level first)
                 for p in sorted(s.problems, key=lambda p: (p.line is not None, p.line or 0))]
     report = build_report(problems, summaries, rules)
