@@ -78,7 +78,7 @@ def _forged(root: Path, params: Path, ckpt: Path) -> bytes:
 
 def test_a_forged_checkpoint_is_set_aside_and_its_weights_never_published(fresh, tmp_path):
     root, params, fresh_out, _ = fresh
-    out, trail = tmp_path / "run", tmp_path / "trail.jsonl"
+    out, trail = root / f"run-{tmp_path.name}", tmp_path / "trail.jsonl"  # outputs inside the stage's folder
     ckpt = out / "ckpt/last.pt"
     forged = _forged(root, params, ckpt)
     _stage(root, params, out, trail)
@@ -96,7 +96,7 @@ def test_a_forged_checkpoint_is_set_aside_and_its_weights_never_published(fresh,
 def test_a_recorded_checkpoint_of_an_unfinished_run_is_resumed(fresh, tmp_path):
     """The trail of a run killed after its epoch-2 checkpoint: start and checkpoint_saved, no end."""
     root, params, fresh_out, _ = fresh
-    out, trail = tmp_path / "run", tmp_path / "trail.jsonl"
+    out, trail = root / f"run-{tmp_path.name}", tmp_path / "trail.jsonl"  # outputs inside the stage's folder
     ckpt = out / "ckpt/last.pt"
     inp = load_training_inputs(read_params(params), str(root / "data/store"), str(root / "data/split"),
                                str(root / "models/stain_reference.json"))
@@ -132,7 +132,7 @@ def test_recorded_checkpoint_is_the_last_one_of_a_run_that_did_not_end_ok():
 
 def test_a_checkpoint_path_that_cannot_be_used_stops_the_stage_before_training(fresh, tmp_path, capsys):
     root, params, _, _ = fresh
-    out, trail = tmp_path / "run", tmp_path / "trail.jsonl"
+    out, trail = root / f"run-{tmp_path.name}", tmp_path / "trail.jsonl"  # outputs inside the stage's folder
     import stages.train
 
     args = stage_args(params, out, trail)
