@@ -25,7 +25,7 @@ repro: $(STAMP)             ## run the whole pipeline (dvc repro)
 test: $(STAMP)              ## the default suite (no slow or GPU tests)
 	$(BIN)/python -m pytest -q -m "not slow and not gpu"
 
-test-slow: $(STAMP)         ## the slow tests only (CI runs them after `make test`; about 8 min on 2 cores)
+test-slow: $(STAMP)         ## the slow tests only (CI runs them after `make test`; about 17 min on 2 cores)
 	$(BIN)/python -m pytest -q -m "slow and not gpu"
 
 test-all: $(STAMP)          ## everything, slow tests included (GPU tests skip without CUDA)
