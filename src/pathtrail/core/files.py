@@ -56,7 +56,8 @@ def current_umask() -> int:
 TMP_MARK = "pathtrail-"
 
 
-def _kind(mode: int) -> str:
+def file_kind(mode: int) -> str:
+    """What a non-regular file is, in words (from its `st_mode`)."""
     for test, text in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
                        (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
                        (stat.S_ISSOCK, "a socket")):
@@ -89,8 +90,8 @@ def replaceable(path: str | Path) -> str | None:
             return f"is a symbolic link that cannot be followed ({exc.strerror})"
         if stat.S_ISREG(target):
             return None
-        return f"is a symbolic link to {_kind(target)}, which a write would replace"
-    return f"is {_kind(mode)}, which a write would replace"
+        return f"is a symbolic link to {file_kind(target)}, which a write would replace"
+    return f"is {file_kind(mode)}, which a write would replace"
 
 
 def write_bytes(data: bytes, path: str | Path) -> Path:

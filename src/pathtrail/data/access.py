@@ -16,6 +16,8 @@ import os
 import stat
 from dataclasses import dataclass
 
+from pathtrail.core.files import file_kind
+
 _READ_CHUNK = 1 << 20
 
 
@@ -71,16 +73,6 @@ def explain_os_error(exc: OSError, writing: bool = False) -> tuple[str, str]:
     return (f"{exc.strerror or type(exc).__name__} ({name})",
             "check that the path names a writable file on working storage" if writing else
             "check that the path names a readable file on working storage")
-
-
-def file_kind(mode: int) -> str:
-    """What a non-regular file is, in words."""
-    for test, text in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
-                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-                       (stat.S_ISSOCK, "a socket")):
-        if test(mode):
-            return text
-    return "not a regular file"
 
 
 def _refuse_kind(mode: int) -> Refusal:
