@@ -6,14 +6,27 @@ STAMP := $(VENV)/.installed
 export DVC_NO_ANALYTICS := 1
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup params repro test test-slow test-all verify verify-release push pull bench lint clean-venv
+.PHONY: setup params ensemble-params repro ensemble test test-slow test-all verify verify-release push pull bench lint clean-venv
 
 setup: $(STAMP)
 
+# The lock is installed with uv (pinned below; about 20 s against pip's 2 min, as it unpacks the
+# wheels in parallel and skips the byte-compilation pip does), from the same places pip is told to
+# look (PIP_INDEX_URL / PIP_FIND_LINKS, or pip's config); where uv cannot be had, pip does it.
+UV_VERSION := 0.13.8
+PIP_Q := --quiet --disable-pip-version-check
+pip_setting = $(or $($(1)),$(shell $(PYTHON) -m pip config get global.$(2) 2>/dev/null))
+UV_WHERE = $(foreach u,$(call pip_setting,PIP_INDEX_URL,index-url),--default-index $(u)) \
+           $(foreach u,$(call pip_setting,PIP_FIND_LINKS,find-links),--find-links $(u))
+
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.lock
-	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	{ $(BIN)/pip install $(PIP_Q) uv==$(UV_VERSION) && \
+	  $(BIN)/uv pip install --quiet --python $(BIN)/python $(UV_WHERE) -r requirements.lock && \
+	  $(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps --no-build-isolation -e .; } || \
+	{ echo "uv could not install the lock; installing it with pip"; \
+	  $(BIN)/pip install $(PIP_Q) -r requirements.lock && \
+	  $(BIN)/pip install $(PIP_Q) --no-deps --no-build-isolation -e .; }
 	touch $(STAMP)
 
 params: $(STAMP)            ## regenerate params.yaml from pipelines/ (as `dvc exp run` does)
@@ -22,14 +35,27 @@ params: $(STAMP)            ## regenerate params.yaml from pipelines/ (as `dvc e
 repro: $(STAMP)             ## run the whole pipeline (dvc repro)
 	$(BIN)/dvc repro
 
-test: $(STAMP)              ## the default suite (no slow or GPU tests)
-	$(BIN)/python -m pytest -q -m "not slow and not gpu"
+ENSEMBLE ?= demo
+ensemble-params: $(STAMP)   ## regenerate ensemble/params.yaml from pipelines/ensemble/$(ENSEMBLE).yaml
+	$(BIN)/python -m pathtrail.ensemble.params $(ENSEMBLE)
 
-test-slow: $(STAMP)         ## the slow tests only (CI runs them after `make test`; about 17 min on 2 cores)
-	$(BIN)/python -m pytest -q -m "slow and not gpu"
+ensemble: $(STAMP)          ## the optional stacking ensemble, after the main pipeline (dvc repro ensemble/dvc.yaml)
+	$(BIN)/dvc repro ensemble/dvc.yaml
+
+# The tests run stages in their own process as well as in subprocesses (which stages/__init__.py
+# pins): the execution contract's CPU level is set before pytest starts, so that numpy, loaded by a
+# plugin before any conftest, runs the same kernels in both on an AVX-512 machine too.
+TEST_ENV = ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_CBWR=AVX2 OPENBLAS_CORETYPE=Haswell \
+	NPY_DISABLE_CPU_FEATURES="X86_V4 AVX512_ICL AVX512_SPR"
+
+test: $(STAMP)              ## the default suite (no slow or GPU tests)
+	$(TEST_ENV) $(BIN)/python -m pytest -q -m "not slow and not gpu"
+
+test-slow: $(STAMP)         ## the slow tests only (CI runs them after `make test`)
+	$(TEST_ENV) $(BIN)/python -m pytest -q -m "slow and not gpu"
 
 test-all: $(STAMP)          ## everything, slow tests included (GPU tests skip without CUDA)
-	$(BIN)/python -m pytest -q
+	$(TEST_ENV) $(BIN)/python -m pytest -q
 
 verify: $(STAMP)            ## check card, artifacts, dvc.lock and audit trail agree
 	$(BIN)/pathtrail verify
@@ -47,12 +73,20 @@ push: $(STAMP)              ## upload the DVC-tracked outputs and data of this c
 pull: $(STAMP)              ## download them (no stage runs; then `make verify`)
 	$(BIN)/dvc pull $(DVC_REMOTE)
 
+# the scale run's size in `make bench` (the README's 100,000-patch figure: python bench/scale.py)
+SCALE_PATCHES ?= 5000
+
 bench: $(STAMP)             ## benchmarks; results go to bench/results/
 	$(BIN)/python bench/stain.py
 	$(BIN)/python bench/evaluate.py
+	$(BIN)/python bench/store.py
 	$(BIN)/python bench/validate.py
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/execution.py
+	$(BIN)/python bench/hashing.py
+	$(BIN)/python bench/tile.py
+	$(BIN)/python bench/optimizations.py
+	$(BIN)/python bench/scale.py --patches $(SCALE_PATCHES) --out bench/results/scale_$(SCALE_PATCHES).json
 
 lint: $(STAMP)
 	$(BIN)/ruff check src stages tests bench

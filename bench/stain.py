@@ -1,18 +1,23 @@
 """Time Macenko stain normalization: torchstain's per-patch loop vs pathtrail's batched kernels.
 
     python bench/stain.py [--out bench/results/stain.json] [--data auto|he|demo]
-                          [--sizes 64 256] [--patches 1024] [--ts-patches 128] [--repeats 5]
-                          [--devices cpu cuda]
+                          [--sizes 64 224] [--patches 512] [--ts-patches 128] [--repeats 7]
+                          [--devices cpu cuda] [--threads 1]
 
 Patches are tiles of the real H&E scan tests/data/he/source.png (reference: a 256x256 crop of
 target.png) or, without it, synthetic demo patches (reference: internal-site patches). For each
-patch size and device it times, after one warm-up, the median of --repeats runs of:
+patch size and device it times, after one warm-up, --repeats interleaved rounds of:
 torchstain's TorchMacenkoNormalizer called patch by patch (on the first --ts-patches patches;
 patches it raises on are timed too and counted as failures), MacenkoNormalizer.normalize on the
-whole batch (per-patch estimates) and MacenkoNormalizer.normalize_slide (one estimate). Agreement:
-mean / max absolute pixel difference against torchstain on the patches torchstain does not fail,
-over all of them and over those pathtrail does not fall back on. The defaults take well under a
-minute on a 2-core machine. The JSON report (sorted keys) is written atomically.
+whole batch (per-patch estimates) and MacenkoNormalizer.normalize_slide (one estimate). Each
+round times the three back to back, so the speedups (medians of the per-round ratios) compare
+the sides under the same load: on a shared machine absolute figures move, ratios much less.
+Torch runs on --threads threads (default 1, as the execution contract). Agreement: mean / max
+absolute pixel difference against torchstain on the patches torchstain does not fail, over all of
+them and over those pathtrail does not fall back on, and the max difference from the float64
+evaluation of each patch's own map. The kernels' compile (or cache load) time is recorded. The
+defaults take about a minute on a 2-core machine. The JSON report (sorted keys) is written
+atomically.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pathtrail.stain import MacenkoNormalizer
+from pathtrail.stain import MacenkoNormalizer, fast, ops
 
 REPO = Path(__file__).resolve().parents[1]
 HE_DIR = REPO / "tests/data/he"
@@ -90,18 +95,34 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def timed(fn: Callable[[], object], repeats: int, device: str) -> tuple[float, list[float]]:
-    """Median seconds of `repeats` calls after one warm-up call, and all of them (their minimum is
-    the figure least disturbed by other jobs on a shared machine)."""
-    fn()
-    _sync(device)
-    seconds = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        _sync(device)
-        seconds.append(time.perf_counter() - started)
-    return statistics.median(seconds), seconds
+def interleaved(sides: dict[str, Callable[[], object]], repeats: int, device: str
+                ) -> dict[str, list[float]]:
+    """Seconds of each side in `repeats` rounds (after one warm-up round), the sides run back to
+    back within a round, so that a round's ratios are taken under the same machine load."""
+    seconds: dict[str, list[float]] = {name: [] for name in sides}
+    for round_ in range(repeats + 1):
+        for name, fn in sides.items():
+            started = time.perf_counter()
+            fn()
+            _sync(device)
+            if round_:
+                seconds[name].append(time.perf_counter() - started)
+    return seconds
+
+
+def float64_max_diff(norm: MacenkoNormalizer, x: torch.Tensor) -> int:
+    """Max |normalize - trunc(clip(io * exp(-M @ OD), 0, 255))| in float64, M each patch's map."""
+    flat = x.cpu().reshape(len(x), -1, 3)
+    cache = norm._cache(flat.device)
+    est = norm._estimate(flat, ops.Scratch())[1]
+    ok = est.valid
+    unmix = torch.where(ok[:, None, None], est.unmix, cache["ref_unmix"])
+    max_conc = torch.where(ok[:, None], est.max_conc, cache["ref_max"])
+    maps = ops.od_map(cache["ref_stains"], cache["ref_max"], unmix, max_conc)
+    od = -torch.log((flat.double() + 1) / norm.io)
+    want = (norm.io * torch.exp(-(od @ maps.transpose(1, 2)))).clamp(0, 255).to(torch.uint8)
+    got = norm.normalize(x).cpu().reshape(want.shape)
+    return int((got.int() - want.int()).abs().max()) if len(x) else 0
 
 
 def timing(n: int, seconds: list[float]) -> dict:
@@ -137,29 +158,38 @@ def bench_one(patches: np.ndarray, reference: np.ndarray, device: str, args) -> 
     norm = MacenkoNormalizer(chunk_size=args.chunk_size).fit(ref)
     out: dict = {"patches": n, "device": device}
 
-    _, all_batch = timed(lambda: norm.normalize(x), args.repeats, device)
-    batched = norm.normalize(x)
-    out["pathtrail_normalize"] = {**timing(n, all_batch), "fallback": norm.last_stats["fallback"]}
-    _, all_slide = timed(lambda: norm.normalize_slide(x), args.repeats, device)
-    out["pathtrail_normalize_slide"] = timing(n, all_slide)
-
     m = min(args.ts_patches, n)
     try:
         run, results = torchstain_loop(x[:m], ref)
-        _, all_ts = timed(run, max(1, args.ts_repeats), device)
     except ImportError as err:
+        run, results = None, []
         out["torchstain"] = {"error": f"torchstain not importable: {err}"}
-        return out
+    sides = {"pathtrail_normalize": lambda: norm.normalize(x),
+             "pathtrail_normalize_slide": lambda: norm.normalize_slide(x)}
+    if run is not None:
+        sides["torchstain"] = run
+    try:
+        seconds = interleaved(sides, args.repeats, device)
     except Exception as err:  # noqa: BLE001 - e.g. torchstain not supporting this device
+        sides.pop("torchstain", None)
         out["torchstain"] = {"error": f"{type(err).__name__}: {err}"}
+        seconds, run = interleaved(sides, args.repeats, device), None
+    batched = norm.normalize(x)
+    out["pathtrail_normalize"] = {**timing(n, seconds["pathtrail_normalize"]),
+                                  "fallback": norm.last_stats["fallback"]}
+    out["pathtrail_normalize_slide"] = timing(n, seconds["pathtrail_normalize_slide"])
+    out["float64_max_abs_diff"] = float64_max_diff(norm, x)
+    if run is None:
         return out
     ok = [i for i, r in enumerate(results) if r is not None]
-    out["torchstain"] = {"patches": m, **timing(m, all_ts), "failed": m - len(ok)}
+    out["torchstain"] = {"patches": m, **timing(m, seconds["torchstain"]), "failed": m - len(ok)}
     for name, key in (("normalize", "pathtrail_normalize"),
-                      ("slide", "pathtrail_normalize_slide")):  # medians; "best": minima
-        out[f"speedup_{name}_vs_torchstain"] = round(
-            out[key]["patches_per_s"] / out["torchstain"]["patches_per_s"], 1)
-        out[f"speedup_{name}_vs_torchstain_best"] = round(
+                      ("slide", "pathtrail_normalize_slide")):
+        ratios = [(t_ts / m) / (t_pt / n) for t_ts, t_pt in zip(seconds["torchstain"],
+                                                                 seconds[key], strict=True)]
+        out[f"speedup_{name}_vs_torchstain"] = round(statistics.median(ratios), 1)  # per round
+        out[f"speedup_{name}_vs_torchstain_all"] = [round(r, 2) for r in ratios]
+        out[f"speedup_{name}_vs_torchstain_best"] = round(  # the minima's ratio
             out[key]["patches_per_s_best"] / out["torchstain"]["patches_per_s_best"], 1)
 
     # agreement, on the patches torchstain does not fail; fallbacks are learned patch by patch
@@ -204,6 +234,7 @@ def machine_info(devices: list[str]) -> dict:
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "numpy": np.__version__,
+        "numba": version("numba"),
         "torchstain": ts_version,
         "devices": devices,
         "cuda_available": torch.cuda.is_available(),
@@ -235,19 +266,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(REPO / "bench/results/stain.json"))
     parser.add_argument("--data", choices=["auto", "he", "demo"], default="auto")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[64])
-    parser.add_argument("--patches", type=int, default=1024, help="patches per size (pathtrail)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 224])
+    parser.add_argument("--patches", type=int, default=512, help="patches per size (pathtrail)")
     parser.add_argument("--ts-patches", type=int, default=128,
                         help="patches torchstain normalizes one by one (it is the slow side)")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--ts-repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=7, help="interleaved rounds")
     parser.add_argument("--chunk-size", type=int, default=64)
     parser.add_argument("--devices", nargs="+", default=None,
                         help="default: cpu, and cuda when available")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
+    compile_seconds = fast.compile_time()  # numba: compile, or load from its cache
     devices = args.devices or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     devices = [d for d in devices if not d.startswith("cuda") or torch.cuda.is_available()]
     data = args.data
@@ -278,14 +308,16 @@ def main(argv: list[str] | None = None) -> dict:
                   f"{row['pathtrail_normalize_slide']['patches_per_s']} patches/s "
                   f"(x{row.get('speedup_slide_vs_torchstain', '-')}) | vs torchstain: mean "
                   f"{agree.get('mean_abs_diff', '-')}, max {agree.get('max_abs_diff', '-')} "
-                  f"on {agree.get('patches', 0)} patches", flush=True)
+                  f"on {agree.get('patches', 0)} patches; vs float64 max "
+                  f"{row['float64_max_abs_diff']}", flush=True)
     report = {
         "benchmark": "stain",
         "settings": {"data": data, "sizes": args.sizes, "patches": args.patches,
                      "ts_patches": args.ts_patches, "repeats": args.repeats,
-                     "ts_repeats": args.ts_repeats, "chunk_size": args.chunk_size,
+                     "threads": args.threads, "chunk_size": args.chunk_size,
                      "io": 240, "alpha": 1.0, "beta": 0.15},
         "machine": machine_info(devices),
+        "kernels_compile_seconds": round(compile_seconds, 2),
         "results": results,
         "seconds_total": round(time.perf_counter() - started, 2),
     }

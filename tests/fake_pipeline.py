@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from pathtrail.config.compose import compose_params
-from pathtrail.config.sections import TRAINING_SECTIONS
+from pathtrail.config.sections import training_sections
 from pathtrail.core.execution import enforce, environment_for
 from pathtrail.core.figures import line_plot
 from pathtrail.core.files import write_json, write_text
@@ -257,7 +257,7 @@ def write_fake_model(path: Path, params: dict) -> None:
 
     from pathtrail.train.model_file import write_model
 
-    meta = {"arch": "small_cnn", "params_sha256": digest({k: params.get(k) for k in TRAINING_SECTIONS})}
+    meta = {"arch": "small_cnn", "params_sha256": digest(training_sections(params))}
     write_model({"w": torch.arange(4, dtype=torch.float32)}, meta, path)
 
 

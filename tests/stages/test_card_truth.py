@@ -16,7 +16,7 @@ from markdown_it import MarkdownIt
 
 from fake_pipeline import CARD, TRAIL, fake_tree, run_card_stage
 from pathtrail.card.values import DRAFT, RELEASE_CANDIDATE
-from pathtrail.config.sections import TRAINING_SECTIONS
+from pathtrail.config.sections import training_sections
 from pathtrail.core.files import write_json
 from pathtrail.core.hashing import digest, sha256_path
 from pathtrail.core.text import md_inline
@@ -68,7 +68,7 @@ def test_one_params_hash_each_with_its_scope(tree):
     card, md = card_of(tree)
     meta = torch.load(tree / "models/model.pt", weights_only=True)["metadata"]
     assert card["model"]["training_params_sha256"] == meta["params_sha256"]
-    assert meta["params_sha256"] == digest({k: card["params"].get(k) for k in TRAINING_SECTIONS})
+    assert meta["params_sha256"] == digest(training_sections(card["params"]))
     assert card["params_sha256"] == digest(card["params"])
     assert md_inline(card["params_scope"]) in md and md_inline(card["model"]["training_params_scope"]) in md
 

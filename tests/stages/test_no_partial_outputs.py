@@ -35,7 +35,7 @@ OUTPUTS = {
     "stain_fit": ["models/stain_reference.json"],
     "normalize": ["data/store", "reports/figures/stain_before_after.png", "reports/normalization.json"],
     "train": ["models/model.pt", "models/val_probs.csv", "metrics/train.json", "plots/train/epochs.csv",
-              "plots/train/steps.csv"],
+              "plots/train/steps.csv", "models/other_mode_run.pt"],
     "compile_check": ["reports/figures/compile_check_loss.png", "metrics/compile_check.json",
                       "plots/compile_check/loss.csv"],
     "evaluate": ["predictions", "reports/figures/eval", "plots/eval", "metrics/eval.json"],

@@ -12,6 +12,8 @@ import pytest
 import torch
 
 from conftest import tiny_params, write_params
+from pathtrail.core.files import read_table
+from pathtrail.core.hashing import sha256_file
 from pathtrail.provenance.audit import chain_problems, read_entries
 
 STAGES = ["demo_data", "validate", "split", "stain_fit", "normalize", "train", "compile_check", "evaluate"]
@@ -94,11 +96,50 @@ def test_training_stage_is_bitwise_reproducible(pipeline, tmp_path, monkeypatch)
     monkeypatch.chdir(pipeline)
     tmp_path = rerun_dir(pipeline, tmp_path)
     run_stage("train", "--model-out", str(tmp_path / "model.pt"), "--metrics", str(tmp_path / "train.json"),
-              "--val-probs", str(tmp_path / "val.csv"), "--curves", str(tmp_path / "curves"))
+              "--val-probs", str(tmp_path / "val.csv"), "--curves", str(tmp_path / "curves"),
+              "--other-mode-run", str(tmp_path / "other.pt"))
     a = torch.load(pipeline / "models/model.pt", weights_only=True)["state_dict"]
     b = torch.load(tmp_path / "model.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert (tmp_path / "train.json").read_bytes() == (pipeline / "metrics/train.json").read_bytes()
+    # the compiled run made beside it, in a second process, too
+    assert (tmp_path / "other.pt").read_bytes() == (pipeline / "models/other_mode_run.pt").read_bytes()
+
+
+def test_the_run_beside_train_is_the_one_compile_check_would_train(pipeline, tmp_path, monkeypatch):
+    """compile_check given no run from train trains the compiled run itself: the report and the
+    curves are the bytes the pipeline's compile_check wrote from the run made beside train."""
+    other = torch.load(pipeline / "models/other_mode_run.pt", weights_only=True)
+    assert other["metadata"]["computed"] and other["metadata"]["use_compile"]
+    assert other["metadata"]["compile"].get("used") is True
+    monkeypatch.chdir(pipeline)
+    tmp_path = rerun_dir(pipeline, tmp_path)
+    run_stage("compile_check", "--out", str(tmp_path / "cc.json"), "--curves", str(tmp_path / "loss.csv"),
+              "--figure", str(tmp_path / "loss.png"), "--other-mode-run", str(tmp_path / "absent.pt"))
+    assert (tmp_path / "cc.json").read_bytes() == (pipeline / "metrics/compile_check.json").read_bytes()
+    assert (tmp_path / "loss.csv").read_bytes() == (pipeline / "plots/compile_check/loss.csv").read_bytes()
+    entries = read_entries(pipeline / "audit/trail.jsonl")
+    train_end = next(e for e in entries if e.get("stage") == "train" and e.get("action") == "end")
+    assert train_end["facts"]["other_mode_run"] == {"computed": True, "use_compile": True}
+    # it scored the external cohort too, in its (compiled) mode, and says which table it scored
+    external = pipeline / "data/validated/external.csv"
+    assert other["metadata"]["external_sha256"] == sha256_file(external)
+    assert len(other["metadata"]["external_probs"]) == len(read_table(external))
+
+
+def test_external_scores_of_another_table_are_not_used(pipeline, tmp_path, monkeypatch):
+    """A run file whose external probabilities score another table: compile_check scores the
+    external cohort itself and writes the pipeline's report."""
+    monkeypatch.chdir(pipeline)
+    tmp_path = rerun_dir(pipeline, tmp_path)
+    tmp_path.mkdir(parents=True)
+    blob = torch.load(pipeline / "models/other_mode_run.pt", weights_only=True)
+    blob["metadata"]["external_probs"] = torch.zeros_like(blob["metadata"]["external_probs"])
+    blob["metadata"]["external_sha256"] = "0" * 64
+    torch.save(blob, tmp_path / "stale.pt")
+    run_stage("compile_check", "--out", str(tmp_path / "cc.json"), "--curves", str(tmp_path / "loss.csv"),
+              "--figure", str(tmp_path / "loss.png"), "--other-mode-run", str(tmp_path / "stale.pt"))
+    assert (tmp_path / "cc.json").read_bytes() == (pipeline / "metrics/compile_check.json").read_bytes()
 
 
 class _Skewed(torch.nn.Module):
@@ -120,8 +161,9 @@ def _rerun_compile_check(pipeline, tmp_path, monkeypatch, **overrides):
     params = write_params(tmp_path, tiny_params(pipeline, **overrides))
     tmp_path = rerun_dir(pipeline, tmp_path)
     out = tmp_path / "compile_check.json"
+    # no run from train (the path is absent): compile_check trains the compiled run here, broken
     args = ["--params", str(params), "--out", str(out), "--curves", str(tmp_path / "loss.csv"),
-            "--figure", str(tmp_path / "loss.png")]
+            "--figure", str(tmp_path / "loss.png"), "--other-mode-run", str(tmp_path / "absent.pt")]
     try:
         run_stage("compile_check", *args)
         code = 0
@@ -170,7 +212,7 @@ def test_a_compile_failure_after_the_first_step_is_reported_not_compared(pipelin
     tmp_path = rerun_dir(pipeline, tmp_path)
     out = tmp_path / "compile_check.json"
     run_stage("compile_check", "--params", str(params), "--out", str(out), "--curves", str(tmp_path / "loss.csv"),
-              "--figure", str(tmp_path / "loss.png"))
+              "--figure", str(tmp_path / "loss.png"), "--other-mode-run", str(tmp_path / "absent.pt"))
     report = json.loads(out.read_text())
     assert report["status"] == "not_available" and report["passed"] is None
     assert "fell back to eager at step 2: RecompileError" in report["error"]

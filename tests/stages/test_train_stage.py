@@ -54,7 +54,10 @@ def make_inputs(root: Path, name: str = "params.yaml", **overrides) -> Path:
         table.iloc[N_TRAIN:].to_csv(root / "data/split/val.csv", index=False)
         (root / "models").mkdir(exist_ok=True)
         (root / "models/stain_reference.json").write_text(json.dumps({"reference_sha256": "ref"}))
-    params = tiny_params(root, **{"train.epochs": 3, "train.batch_size": 8, "model.width": 8, **overrides})
+    # these tests are about the stage's own run: the compile check's run beside it is left out
+    # (tests/stages/test_other_mode.py and test_pipeline_stages.py test that one)
+    params = tiny_params(root, **{"train.epochs": 3, "train.batch_size": 8, "model.width": 8,
+                                  "compile_check.enabled": False, **overrides})
     return write_params(root, params).rename(root / name)
 
 
@@ -62,7 +65,8 @@ def stage_args(params: Path, out: Path, trail: Path | None = None) -> list[str]:
     """Stage arguments sending every output (and the checkpoint) under `out`."""
     args = ["--params", str(params), "--model-out", str(out / "model.pt"), "--val-probs", str(out / "val_probs.csv"),
             "--metrics", str(out / "train.json"), "--curves", str(out / "curves"),
-            "--checkpoint", str(out / "ckpt/last.pt"), "--log-file", str(out / "train.jsonl")]
+            "--checkpoint", str(out / "ckpt/last.pt"), "--log-file", str(out / "train.jsonl"),
+            "--other-mode-run", str(out / "other_mode_run.pt")]
     return args + (["--trail", str(trail)] if trail else [])
 
 
@@ -188,7 +192,7 @@ def _assert_close_to_single(single: Path, other: Path) -> None:
 
 def _assert_one_set_of_outputs(out: Path, trail: Path) -> None:
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
-        "curves/epochs.csv", "curves/steps.csv", "model.pt", "train.json", "train.jsonl", "val_probs.csv"]
+        "curves/epochs.csv", "curves/steps.csv", "model.pt", "other_mode_run.pt", "train.json", "train.jsonl", "val_probs.csv"]
     entries = [e for e in stage_entries(trail) if e["action"] != "checkpoint_saved"]
     assert [(e["action"], e["outcome"]) for e in entries] == [("start", "running"), ("end", "ok")]
     assert chain_problems(read_entries(trail)) == []

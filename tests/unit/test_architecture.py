@@ -19,9 +19,13 @@ ALLOWED = {
     "evaluation": {"core", "config", "data"},
     "train": {"core", "config", "data", "evaluation"},
     "card": {"core", "config"},
-    "review": {"pathtrail", "core", "config", "card", "provenance"},
-    "pipeline": {"core", "config", "provenance", "data", "stain", "evaluation", "train", "card"},
-    "cli": {"core", "config", "data", "provenance", "review"},
+    "wsi": {"core", "config", "data"},
+    "review": {"pathtrail", "core", "config", "card", "provenance", "ensemble"},
+    "ensemble": {"core", "config", "evaluation"},
+    "pipeline": {"core", "config", "provenance", "data", "stain", "evaluation", "train", "card", "wsi", "ensemble"},
+    "inference": {"pathtrail", "core", "config", "provenance", "data", "stain", "evaluation", "train", "card",
+                  "pipeline", "review", "wsi"},
+    "cli": {"core", "config", "data", "provenance", "review", "inference", "train"},
 }
 MAX_STAGE_LINES = 40
 MAX_MODULE_LINES = 400

@@ -24,7 +24,7 @@ from fake_pipeline import (
 from pathtrail.card.build import CardInputs, build_card, manifest_hashes
 from pathtrail.card.render import dump_yaml, render_markdown
 from pathtrail.card.values import DRAFT, RELEASE_CANDIDATE, flatten
-from pathtrail.config.sections import TRAINING_SECTIONS
+from pathtrail.config.sections import training_sections
 from pathtrail.core.hashing import canonical_json, digest, sha256_bytes
 from pathtrail.core.text import md_inline
 from pathtrail.provenance.environment import environment
@@ -53,7 +53,7 @@ def inputs(env) -> CardInputs:
         normalization=NORMALIZATION,
         stain_reference={"path": "models/stain_reference.json", "sha256": "ab" * 32, "fit_patches": 4},
         model_sha256="cd" * 32,
-        model_metadata={"params_sha256": digest({k: params[k] for k in TRAINING_SECTIONS})},
+        model_metadata={"params_sha256": digest(training_sections(params))},
         execution={"honoured": True, "stages": {"train": {
             "params": params["execution"], "lifted": False, "honoured": True, "threads": 1,
             "aten_cpu_capability": "AVX2", "problems": []}}},
@@ -329,3 +329,19 @@ def test_a_stage_that_did_not_honour_the_execution_contract_makes_a_draft(inputs
     ok, ok_md = build_card(inputs)
     assert "honoured by every stage: the hashed outputs do not depend" in ok_md
     assert ok["environment"]["execution"]["honoured"] is True
+
+
+def test_card_shows_initial_weights_and_augmentation(inputs):
+    card, md = build_card(inputs)
+    assert card["model"]["initial_weights_sha256"] is None
+    assert "- **Initial weights:** random initialisation (model.weights\\_path null" in md
+    assert "- **Augmentation:** dihedral flips and rotations; no stain jitter;" in md
+    params = copy.deepcopy(inputs.params)
+    params["model"]["weights_path"] = "weights/imagenet.pt"
+    params["train"]["stain_augment"] = {"enabled": True, "sigma_scale": 0.1, "sigma_shift": 0.02}
+    card, md = build_card(with_(inputs, params=params, model_metadata={
+        **inputs.model_metadata, "local_weights_sha256": "9a" * 32}))
+    assert card["model"]["initial_weights_sha256"] == "9a" * 32
+    assert f"weights/imagenet.pt (sha256 {'9a' * 32}), loaded with torch.load(weights\\_only=True)" in md
+    assert "HED stain jitter (sigma\\_scale 0.1, sigma\\_shift 0.02)" in md
+    assert {"enabled": True, "sigma_scale": 0.1, "sigma_shift": 0.02} == card["params"]["train"]["stain_augment"]

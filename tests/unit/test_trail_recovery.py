@@ -8,10 +8,11 @@ import errno
 import os
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
-from pathtrail.core import hashing
+from pathtrail.core import hash_cache
 from pathtrail.core.hashing import sha256_bytes, sha256_file
 from pathtrail.provenance import audit, trail
 
@@ -149,7 +150,8 @@ def test_an_untouched_input_is_rechecked_and_passes(path):
     assert end["outcome"] == "ok" and end["inputs_rechecked"] is True
 
 
-def test_the_hash_cache_never_hides_an_edit(tmp_path):
+def test_the_hash_cache_never_hides_an_edit(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATHTRAIL_HASH_CACHE", str(tmp_path / "cache.sqlite"))
     f = tmp_path / "f.bin"
     f.write_bytes(b"aaaa")
     first = sha256_file(f)
@@ -157,8 +159,60 @@ def test_the_hash_cache_never_hides_an_edit(tmp_path):
     assert sha256_file(f) != first
     old = time.time() - 60
     os.utime(f, (old, old))
+    time.sleep(0.05)  # past the filesystem's timestamp tick: ctime (now) settles before the next read
     cached = sha256_file(f)
-    assert any(v == cached for v in hashing._CACHE.values())
+    hits = hash_cache.stats()["memory_hits"] + hash_cache.stats()["db_hits"]
+    assert sha256_file(f) == cached
+    assert hash_cache.stats()["memory_hits"] + hash_cache.stats()["db_hits"] == hits + 1  # served, unread
     f.write_bytes(b"cccc")
     os.utime(f, (old, old))  # mtime forged back: ctime still moves
     assert sha256_file(f) == sha256_bytes(b"cccc")
+
+
+def _bytes_read() -> int:
+    """What this process has read through system calls so far (Linux /proc/self/io `rchar`)."""
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("rchar:"):
+            return int(line.split()[1])
+    raise AssertionError("no rchar in /proc/self/io")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/io"), reason="needs Linux /proc/self/io")
+def test_append_reads_only_the_last_entry(tmp_path):
+    """A 100,000-entry trail (~25 MB) costs an append what a 3-entry trail costs: its last line."""
+    big, entries, prev = tmp_path / "big.jsonl", [], None
+    for i in range(100_000):
+        prev = trail._seal({"stage": "s", "action": "start", "outcome": "ok", "n": i}, prev)
+        entries.append(trail._encode(prev))
+    big.write_bytes(b"".join(entries))
+    small = tmp_path / "small.jsonl"
+    small.write_bytes(b"".join(entries[:3]))
+    cost = {}
+    for path in (small, big, small, big):
+        before = _bytes_read()
+        audit.append({"stage": "t", "action": "note", "outcome": "ok"}, path)
+        cost[path] = _bytes_read() - before
+    assert cost[big] < 70_000 < big.stat().st_size // 100
+    assert cost[big] <= cost[small] + 70_000
+    got = audit.read_entries(big)
+    assert audit.chain_problems(got) == [] and [e["seq"] for e in got[-2:]] == [100_000, 100_001]
+
+
+def test_an_entry_longer_than_the_read_window_still_links(path):
+    audit.append({"stage": "x", "action": "note", "outcome": "ok", "blob": "b" * (3 * trail.TAIL_WINDOW)}, path)
+    audit.append({"stage": "x", "action": "note", "outcome": "ok"}, path)
+    entries = audit.read_entries(path)
+    assert audit.chain_problems(entries) == [] and entries[-1]["prev_hash"] == entries[-2]["entry_hash"]
+
+
+def test_a_torn_line_after_a_long_trail_is_still_recovered(tmp_path):
+    p = tmp_path / "t.jsonl"
+    for i in range(50):
+        audit.append({"stage": "x", "action": "note", "outcome": "ok", "pad": "p" * 3000, "n": i}, p)
+    with open(p, "ab") as f:
+        f.write(b'{"seq": 50, "stage": "x", "act')  # a crash in the middle of a write
+    entry = audit.append({"stage": "x", "action": "note", "outcome": "ok"}, p)
+    entries = audit.read_entries(p)
+    problems, notes = audit.chain_report(entries)
+    assert problems == [] and entries[-2]["action"] == "recover" and entries[-2]["torn_line"] == 51
+    assert entry["seq"] == 51 and any("torn" in n for n in notes)

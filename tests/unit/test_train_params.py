@@ -32,7 +32,8 @@ def test_bad_train_value_is_rejected_naming_the_key(tmp_path, key, value, match)
 
 
 def test_unknown_architecture_is_rejected_at_params_load(tmp_path):
-    with pytest.raises(ParamsError, match=r"'model\.arch' is 'resnet9000'.*choose one of: small_cnn, resnet18"):
+    with pytest.raises(ParamsError, match=r"'model\.arch' is 'resnet9000'.*choose one of: small_cnn, "
+                                          r"monai_densenet121, .*, resnet18"):
         _load(tmp_path, "model", ModelParams, **{"model.arch": "resnet9000"})
 
 

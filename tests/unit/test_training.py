@@ -77,14 +77,23 @@ def test_other_seed_gives_other_weights(tiny_store, tmp_path):
     assert not _same(a.state_dict, b.state_dict)
 
 
-def test_weights_do_not_depend_on_num_workers(tiny_store, tmp_path):
-    a = _fit(*tiny_store, _params(tmp_path))
-    b = _fit(*tiny_store, _params(tmp_path, **{"runtime.num_workers": 2, "runtime.persistent_workers": True}))
+# train.stain_augment on (strong, so that it surely changes the batches) keeps the same guarantees
+STAIN_ON = {"train.stain_augment": {"enabled": True, "sigma_scale": 0.2, "sigma_shift": 0.05}}
+STAIN = pytest.mark.parametrize("stain", [{}, STAIN_ON], ids=["stain_augment_off", "stain_augment_on"])
+
+
+@STAIN
+def test_weights_do_not_depend_on_num_workers(tiny_store, tmp_path, stain):
+    a = _fit(*tiny_store, _params(tmp_path, **stain))
+    b = _fit(*tiny_store, _params(tmp_path, **stain, **{"runtime.num_workers": 2, "runtime.persistent_workers": True}))
     assert _same(a.state_dict, b.state_dict)
+    if stain:  # the augmentation did change the training
+        assert not _same(a.state_dict, _fit(*tiny_store, _params(tmp_path)).state_dict)
 
 
-def test_interrupted_run_resumes_bitwise_identical(tiny_store, tmp_path, monkeypatch):
-    params = _params(tmp_path)
+@STAIN
+def test_interrupted_run_resumes_bitwise_identical(tiny_store, tmp_path, monkeypatch, stain):
+    params = _params(tmp_path, **stain)
     reference = _fit(*tiny_store, params)
     ckpt = tmp_path / "ckpt" / "last.pt"
     calls = {"n": 0}

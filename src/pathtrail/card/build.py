@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from pathtrail.card.checklist import checklist, gate_reasons
+from pathtrail.card.labels import label_fields
 from pathtrail.card.release import criteria_results, is_demo_data, release_facts, warnings
 from pathtrail.card.render import render_markdown
 from pathtrail.card.reporting import reporting_checklists
@@ -33,7 +34,7 @@ from pathtrail.core.hashing import canonical_json, digest, sha256_bytes
 # What the card's hashes cover (a reader compares them with the files' own).
 PARAMS_SCOPE = "every section of params.yaml as shown in `params` (absolute paths redacted)"
 TRAINING_PARAMS_SCOPE = ("the data, model, train and execution sections, as hashed into models/model.pt by the "
-                         "train stage")
+                         "train stage (a disabled train.stain_augment left out)")
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,7 @@ def assemble(inp: CardInputs) -> dict[str, Any]:
             "classes": get(params, "data.classes"),
             "sha256": inp.model_sha256,
             "training_params_sha256": meta.get("params_sha256"),
+            "initial_weights_sha256": meta.get("local_weights_sha256"),  # model.weights_path's file (None: random)
             "training_params_scope": TRAINING_PARAMS_SCOPE,
         },
         "params": params,
@@ -146,6 +148,7 @@ def assemble(inp: CardInputs) -> dict[str, Any]:
         "audit": {"chain_head": inp.chain_head, **{f"chain_head_{k}": v for k, v in inp.chain_head_entry.items()},
                   "trail": inp.trail},
     }
+    card |= label_fields(params, inp.eval_metrics)  # multi-label and multi-class models only (card.labels)
     card["release"] = release_section(inp, params, demo)
     card["checklist"] = checklist(card)
     card["release_status"], card["release_reasons"] = status_of(card)

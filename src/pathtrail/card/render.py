@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from pathtrail.card import sections, status_text
+from pathtrail.card.labels import per_label
 from pathtrail.card.reporting import render_reporting
 from pathtrail.card.text import cohorts
 from pathtrail.card.values import get, number
@@ -68,6 +69,7 @@ def render_markdown(card: dict[str, Any]) -> str:
         sections.evaluation_data(card),
         sections.training_data(card),
         sections.quantitative(card),
+        per_label(card),
         sections.checklist(card),
         status_text.release_criteria(card),
         render_reporting(card.get("reporting") or {}),

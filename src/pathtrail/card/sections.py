@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote
 
-from pathtrail.card.status_text import compile_verdict, working_tree
+from pathtrail.card.status_text import augmentation, compile_verdict, initial_weights, working_tree
 from pathtrail.card.text import bullets, cell, cohorts, metric_table, num, table, text, with_ci
 from pathtrail.card.values import flatten, get, number
 from pathtrail.core.text import md_block, md_inline
@@ -30,6 +30,7 @@ def model_details(card: dict[str, Any]) -> str:
             ),
             ("Classes", ", ".join(map(str, m.get("classes") or []))),
             ("Weights sha256", m.get("sha256")),
+            ("Initial weights", initial_weights(card)),
             (
                 "Code version",
                 (
@@ -48,6 +49,7 @@ def model_details(card: dict[str, Any]) -> str:
                     f"torch.compile {text(get(p, 'train.use_compile'))} ({compile_verdict(card)})"
                 ),
             ),
+            ("Augmentation", augmentation(p)),
             ("Best epoch", train.get("best_epoch")),
             ("Best validation AUROC", train.get("best_val_auroc")),
             ("Release status", card["release_status"]),

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from pathtrail.card.text import bullets, num, table
-from pathtrail.card.values import EXPERIMENT, RELEASE_CANDIDATE
+from pathtrail.card.values import EXPERIMENT, RELEASE_CANDIDATE, get
 from pathtrail.core.text import md_inline
 
 
@@ -23,6 +23,23 @@ def banner(card: dict[str, Any]) -> str:
         return (f"> **{EXPERIMENT} – NOT FOR RELEASE.** Clean source, params differ from the committed "
                 f"params.yaml; {tally} release criteria met.\n>\n> Why it is not a release candidate:\n{shown}")
     return f"> **{md_inline(status)}**\n>\n> This card must not be used to release the model, because:\n{shown}"
+
+
+def initial_weights(card: dict[str, Any]) -> str:
+    """Where the weights started: random, or the local file (`model.weights_path`) and its sha256."""
+    path, sha = get(card, "params.model.weights_path"), get(card, "model.initial_weights_sha256")
+    if not path:
+        return "random initialisation (model.weights_path null: no pretrained weights)"
+    return f"{path} (sha256 {sha or 'not recorded'}), loaded with torch.load(weights_only=True)"
+
+
+def augmentation(params: dict[str, Any]) -> str:
+    """The training transforms: dihedral flips / rotations and HED stain jitter, with strengths."""
+    flips = "dihedral flips and rotations" if get(params, "train.augment") else "no flips or rotations"
+    stain = get(params, "train.stain_augment") or {}
+    jitter = (f"HED stain jitter (sigma_scale {stain.get('sigma_scale')}, sigma_shift {stain.get('sigma_shift')})"
+              if stain.get("enabled") else "no stain jitter")
+    return f"{flips}; {jitter}; each keyed on (seed, epoch, sample)"
 
 
 def working_tree(prov: dict[str, Any]) -> str:

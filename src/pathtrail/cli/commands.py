@@ -12,7 +12,8 @@ from pathlib import Path
 
 ENGINEER = "for ML engineers (building and re-running a model)"
 REVIEWER = "for reviewers (QA and regulatory sign-off)"
-GROUPS = (ENGINEER, REVIEWER)
+SCORING = "for scoring new data with a model a card describes"
+GROUPS = (ENGINEER, REVIEWER, SCORING)
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,9 @@ COMMANDS = (
     Command("reproduce", ENGINEER,
             "re-run a card's commit in a temporary worktree; exit 0 only when every artifact is identical",
             "pathtrail reproduce --card model_cards/pathtrail-demo.json --jobs 2"),
+    Command("profile", ENGINEER,
+            "a few training steps under torch.profiler: trace and top-ops summary (reports/profile, not hashed)",
+            "pathtrail profile            (or: pathtrail profile --preset detailed)"),
     Command("verify", REVIEWER,
             "recompute everything; exit 0 only when trail, artifacts, card and dvc.lock agree",
             "pathtrail verify            (or: pathtrail verify --release)"),
@@ -38,6 +42,15 @@ COMMANDS = (
             'pathtrail keygen --name "Q. A. Reviewer"'),
     Command("sign", REVIEWER, "sign a model card that verifies: writes model_cards/NAME.sig.json",
             "pathtrail sign --key ~/.config/pathtrail/keys/reviewer.key"),
+    Command("predict", SCORING,
+            "score new patches with a card's model (checked by sha256): probabilities, decisions, "
+            "slide and patient aggregates, sidecar with drift",
+            "pathtrail predict --card model_cards/pathtrail-demo.json --manifest data/raw/external.csv "
+            "--data-root data/raw --out preds.csv"),
+    Command("drift", SCORING,
+            "compare a new cohort's stain, intensities and scores with the card's reference and test set",
+            "pathtrail drift --card model_cards/pathtrail-demo.json --manifest data/raw/external.csv "
+            "--data-root data/raw --out drift.json"),
 )
 BY_NAME = {c.name: c for c in COMMANDS}
 

@@ -35,7 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("verify")
     v.add_argument("--root", default=".", help="repository root (default: the current folder)")
     v.add_argument("--release", action="store_true",
-                   help="also require a valid signature by a trusted key on every card")
+                   help="also require a valid signature by a trusted key on every card (implies --rehash)")
+    v.add_argument("--rehash", action="store_true",
+                   help="read every byte again, ignoring the shared sha256 cache (.dvc/tmp/pathtrail)")
     v.add_argument("--trusted-key", action="append", default=[], metavar="PUB",
                    help="trust exactly this public key file (repeatable); keys/trusted/ in the "
                         "repository is then ignored")
@@ -45,11 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--stage", default=None, help="only this stage's entries")
     t.add_argument("--json", action="store_true", help="raw entries as JSON lines")
+    from pathtrail.cli import predict, profile
     from pathtrail.cli.reproduce import add_parser
     from pathtrail.cli.sign import add_parsers
 
     add_parser(sub)
     add_parsers(sub)
+    predict.add_parsers(sub)
+    profile.add_parser(sub)
     describe(sub)
     return parser
 
@@ -72,17 +77,28 @@ def main(argv: list[str] | None = None) -> int:
             return USAGE_ERROR
         if args_list[:1] == ["validate"]:
             return _validate(args_list[1:])
+        if args_list[0] == "profile" and "torch" not in sys.modules:  # the train stage's execution contract
+            from pathtrail.core.execution import apply_before_libraries
+
+            apply_before_libraries(args_list[1:])
+        if args_list[0] in ("predict", "drift"):  # before anything loads numpy or torch
+            from pathtrail.cli.predict import apply_card_contract
+
+            apply_card_contract(args_list[1:])
         try:
             args = build_parser().parse_args(args_list)
         except SystemExit as exc:  # argparse has printed usage or help
             return exc.code if isinstance(exc.code, int) else USAGE_ERROR
         _quiet_logging()
+        from pathtrail.cli.predict import drift_command, predict_command
+        from pathtrail.cli.profile import profile_command
         from pathtrail.cli.reproduce import reproduce_command
         from pathtrail.cli.sign import keygen_command, sign_command
 
         command: Callable[[argparse.Namespace], int] = {
             "verify": _verify, "trail": _trail, "keygen": keygen_command, "sign": sign_command,
-            "reproduce": reproduce_command,
+            "reproduce": reproduce_command, "predict": predict_command, "drift": drift_command,
+            "profile": profile_command,
         }[args.command]
         return command(args)
     except PathTrailError as exc:
@@ -122,7 +138,7 @@ def _verify(args: argparse.Namespace) -> int:
     for key in args.trusted_key:
         if not Path(key).is_file():
             raise PathTrailError(f"--trusted-key {key}: no such file")
-    report = verify(root, release=args.release, trusted_keys=args.trusted_key)
+    report = verify(root, release=args.release, trusted_keys=args.trusted_key, rehash=args.rehash)
     sys.stdout.write(format_report(report))
     return 0 if report.ok else 1
 

@@ -3,7 +3,8 @@
     pathtrail validate --internal A.csv [--external B.csv] [--data-root DIR] [--params params.yaml]
                        [--classes a,b] [--mode-policy convert|reject] [--size-policy reject|resize]
                        [--patch-size N] [--max-image-pixels N] [--max-manifest-bytes N]
-                       [--max-manifest-rows N] [--allow-shared-site] [--json] [--report FILE]
+                       [--max-manifest-rows N] [--allow-shared-site] [--label-columns a,b] [--json]
+                       [--report FILE]
 
 Classes and policies come from the `data` section of params.yaml in the working directory when it
 exists (or of --params FILE), each overridable by an option; without a params file --classes is
@@ -24,6 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pathtrail.config.label_section import label_columns_of
 from pathtrail.config.loading import load_section
 from pathtrail.config.sections import DataParams
 from pathtrail.core.errors import PathTrailError
@@ -67,6 +69,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="manifests with more rows than this are refused")
     p.add_argument("--allow-shared-site", action="store_true", default=None,
                    help="let the external cohort share a site with the internal one")
+    p.add_argument("--label-columns", metavar="A,B",
+                   help="multi-label manifests: the 0/1 label columns to check (default: the params "
+                        "file's data.label_columns when its data.label_mode is multilabel)")
     p.add_argument("--workers", type=int, metavar="N", help="threads for the image checks")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--report", metavar="FILE",
@@ -126,6 +131,17 @@ def report_clash(report: str, cohorts: list[Cohort]) -> str | None:
     return None
 
 
+def label_columns_from_args(args: argparse.Namespace) -> tuple[str, ...]:
+    """--label-columns, else the params file's multi-label columns, else none (binary)."""
+    if args.label_columns is not None:
+        columns = tuple(c.strip() for c in args.label_columns.split(","))
+        if "" in columns or len(set(columns)) != len(columns):
+            raise PathTrailError(f"--label-columns needs distinct non-empty names, got '{args.label_columns}'")
+        return columns
+    params = Path(args.params or "params.yaml")
+    return label_columns_of(load_section(params, "data", DataParams)) if params.is_file() else ()
+
+
 def validate_command(argv: list[str] | None = None) -> int:
     """Run `pathtrail validate`; return the exit status (0 usable, 1 errors, 2 usage)."""
     parser = _parser()
@@ -144,7 +160,12 @@ def validate_command(argv: list[str] | None = None) -> int:
     if clash:
         print(f"{parser.prog}: error: --report '{printable(args.report)}' {clash}", file=sys.stderr)
         return 2
-    result = validate_cohorts(cohorts, rules, workers=args.workers)
+    try:
+        label_columns = label_columns_from_args(args)
+    except PathTrailError as exc:
+        print(f"{parser.prog}: error: {printable(exc)}", file=sys.stderr)
+        return 2
+    result = validate_cohorts(cohorts, rules, workers=args.workers, label_columns=label_columns)
     rest = (f"see the JSON report '{args.report}'" if args.report
             else "all are in the JSON report: rerun with --report FILE or --json")
     sys.stdout.write(json_printable(canonical_json(result.report)) if args.json

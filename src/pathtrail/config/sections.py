@@ -8,12 +8,18 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pathtrail.config.criteria import CriterionError, parse_all
+from pathtrail.config.label_section import check_labels
 from pathtrail.config.loading import ParamsError, from_dict, require
+from pathtrail.config.subsections import StainAugmentParams, VitParams
+from pathtrail.config.tile_section import TileParams  # noqa: F401 - imported from here by the stages
+from pathtrail.config.training_sections import TRAINING_SECTIONS, training_sections  # noqa: F401 - re-exported
 from pathtrail.core.system import usable_cpus
 
-# The architectures `pathtrail.train.models.build_model` knows (torchvision ones need torchvision installed).
+# The architectures `pathtrail.train.models.build_model` knows: the demo's small CNN, MONAI's networks
+# (`pathtrail.train.monai_nets`, always installed) and torchvision's (only when torchvision is installed).
 TORCHVISION_ARCHS = ("resnet18", "resnet34", "resnet50", "densenet121", "vit_b_16")
-ARCHITECTURES = ("small_cnn", *TORCHVISION_ARCHS)
+MONAI_ARCHS = ("monai_densenet121", "monai_resnet18", "monai_resnet34", "monai_resnet50", "monai_vit")
+ARCHITECTURES = ("small_cnn", *MONAI_ARCHS, *TORCHVISION_ARCHS)
 
 
 _SITE_NAME = re.compile(r"^[a-z0-9_]+$")
@@ -37,6 +43,7 @@ class DemoParams:
     external_patients: int
     patches_per_patient: int
     max_slides_per_patient: int
+    findings: list[str] = field(default_factory=list)  # multilabel demo (data.demo_findings)
 
     def __post_init__(self) -> None:
         sites = [*self.internal_sites, self.external_site]
@@ -80,7 +87,6 @@ class SplitParams:
 
 @dataclass(frozen=True)
 class DataParams:
-    demo: DemoParams
     data_root: str
     internal_manifest: str
     external_manifest: str | None
@@ -97,6 +103,9 @@ class DataParams:
     max_manifest_rows: int    # budget: longer manifests are refused (memory grows with rows)
     allow_shared_site: bool   # may the external cohort share a site with the internal one?
     split: SplitParams
+    demo: DemoParams | None = None  # the demo cohorts (data=demo); absent when the data are the user's
+    label_mode: Literal["binary", "multiclass", "multilabel"] = "binary"  # config.label_section
+    label_columns: list[str] = field(default_factory=list)  # multilabel: the 0/1 manifest columns
 
     def check(self) -> None:
         require(len(self.classes) >= 2, "data.classes", "needs at least two classes")
@@ -107,10 +116,7 @@ class DataParams:
                 "must be at least patch_size squared")
         require(self.max_manifest_bytes >= 1024, "data.max_manifest_bytes", "must be >= 1024")
         require(self.max_manifest_rows >= 1, "data.max_manifest_rows", "must be >= 1")
-
-
-# The params sections the train stage hashes into models/model.pt (and records in the trail).
-TRAINING_SECTIONS = ("data", "model", "train", "execution")
+        check_labels(self)
 
 
 @dataclass(frozen=True)
@@ -191,16 +197,32 @@ class ModelParams:
     arch: str
     width: int
     dropout: float
-    weights_path: str | None
+    weights_path: str | None  # local initial / pretrained weights (never downloaded); sha256 recorded
     # Recompute the main stages' activations in backward (activation checkpointing): same results,
     # less memory, more compute. For large models; an arch that cannot do it fails in build_model.
     gradient_checkpointing: bool
+    # Only monai_vit has (and needs) this subsection; absent elsewhere, so the other architectures'
+    # params (and the hashes of them in models/model.pt) are what they were before it existed.
+    vit: VitParams | None = None
 
     def check(self) -> None:
         require(self.arch in ARCHITECTURES, "model.arch",
                 f"is {self.arch!r}, which is not a known architecture; choose one of: {', '.join(ARCHITECTURES)}")
         require(self.width >= 4, "model.width", "must be >= 4")
         require(0 <= self.dropout < 1, "model.dropout", "must be in [0, 1)")
+        if self.arch == "monai_vit":
+            require(self.vit is not None, "model.vit",
+                    "is missing: model.arch=monai_vit needs it (image_size, patch_size, num_layers, num_heads, "
+                    "mlp_ratio); select the whole config group with `-S model=monai_vit`")
+            require(self.width % self.vit.num_heads == 0, "model.vit.num_heads",
+                    f"is {self.vit.num_heads}, which must divide model.width={self.width} (the ViT's hidden size)")
+        else:
+            require(self.vit is None, "model.vit", f"is only used by model.arch=monai_vit, not {self.arch!r}; "
+                    "remove it (or select the whole config group, e.g. `-S model=small_cnn`)")
+        if self.arch.startswith("monai_resnet"):
+            require(self.dropout == 0, "model.dropout", f"must be 0 for {self.arch} (MONAI's ResNet has no dropout)")
+        if self.arch == "monai_densenet121":
+            require(self.width % 2 == 0, "model.width", "must be even for monai_densenet121 (growth rate width/2)")
 
 
 @dataclass(frozen=True)
@@ -242,7 +264,9 @@ class TrainParams:
     augment: bool
     early_stopping: EarlyStopping
     checkpoint_every: int
+    stain_augment: StainAugmentParams  # HED colour jitter (off by default)
     distributed: Distributed = field(default_factory=lambda: Distributed(1))
+    optimizer_impl: Literal["auto", "foreach", "fused"] = "auto"  # AdamW's kernels; auto: fused on CUDA
 
     def check(self) -> None:
         require(self.epochs >= 1, "train.epochs", "must be >= 1")
@@ -294,6 +318,7 @@ class EvalParams:
     seed: int
     ece_bins: int
     n_failures: int
+    compile_mode: Literal["none", "default", "reduce-overhead", "max-autotune"] = "none"  # scoring
 
     def check(self) -> None:
         require(self.n_bootstrap >= 100, "eval.n_bootstrap", "must be >= 100 for a usable interval")
@@ -333,3 +358,27 @@ class ReleaseParams:
             parse_all(self.criteria)
         except CriterionError as exc:
             raise ParamsError(str(exc)) from None
+
+
+@dataclass(frozen=True)
+class DriftParams:
+    """The `drift` section: limits of `pathtrail drift` / `predict`'s drift report (a check above its
+    limit makes the verdict DRIFT); the sampling of the patches whose stain statistics it reports."""
+
+    score_bins: int
+    score_psi_max: float
+    score_ks_max: float
+    stain_angle_max: float
+    concentration_ratio_max: float
+    intensity_bins: int
+    intensity_psi_max: float
+    max_patches: int
+    seed: int
+
+    def check(self) -> None:
+        require(2 <= self.score_bins <= 1000, "drift.score_bins", "must be between 2 and 1000")
+        require(2 <= self.intensity_bins <= 256, "drift.intensity_bins", "must be between 2 and 256")
+        for key in ("score_psi_max", "score_ks_max", "stain_angle_max", "intensity_psi_max"):
+            require(getattr(self, key) > 0, f"drift.{key}", "must be > 0")
+        require(self.concentration_ratio_max >= 1, "drift.concentration_ratio_max", "must be >= 1")
+        require(self.max_patches >= 1, "drift.max_patches", "must be >= 1")

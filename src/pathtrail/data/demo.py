@@ -27,6 +27,7 @@ import structlog
 from PIL import Image
 
 from pathtrail.config.sections import DemoParams, site_prefix
+from pathtrail.data import demo_findings as F
 
 log = structlog.get_logger(__name__)
 
@@ -50,6 +51,7 @@ class DemoPatch:
     slide_id: str
     site: str
     image: np.ndarray  # uint8 (H, W, 3)
+    findings: tuple[int, ...] = ()  # 0/1 per data.demo.findings (multi-label demo only)
 
 
 @dataclass(frozen=True)
@@ -228,10 +230,18 @@ def _site_patches(params: DemoParams, cohort: int, site: str, n_patients: int) -
             slide_protocol(base, _rng(params.seed, _SLIDE, *key, p, s)) for s in range(n_slides)
         ]
         patient_id = f"{prefix}-P{p:04d}"
+        names = params.findings
+        prone = F.patient_propensities(params.seed, key, p, names) if names else []
         for j, s in enumerate(slide_of):
             prng = _rng(params.seed, _PATCH, *key, p, j)
             sev = float(np.clip(severity + prng.normal(0, 0.12), 0, 1))
             slide_id = f"{patient_id}-S{s + 1}"
+            image = render_patch(prng, params.patch_size, sev, slides[s])
+            present = F.draw_present(params.seed, key, p, j, prone) if names else ()
+            if names:
+                def rng_of(k: int, j: int = j, p: int = p) -> np.random.Generator:
+                    return F.finding_rng(params.seed, *key, p, j, k, 1)
+                image = F.paint(image, present, names, rng_of, slides[s].h_vec, slides[s].e_vec)
             patches.append(
                 DemoPatch(
                     relpath=f"{COHORTS[cohort]}/{site}/{patient_id}/{slide_id}_{j:04d}.png",
@@ -239,7 +249,8 @@ def _site_patches(params: DemoParams, cohort: int, site: str, n_patients: int) -
                     patient_id=patient_id,
                     slide_id=slide_id,
                     site=site,
-                    image=render_patch(prng, params.patch_size, sev, slides[s]),
+                    image=image,
+                    findings=present,
                 )
             )
     return patches
@@ -247,6 +258,7 @@ def _site_patches(params: DemoParams, cohort: int, site: str, n_patients: int) -
 
 def generate_cohorts(params: DemoParams) -> dict[str, list[DemoPatch]]:
     """All demo patches, keyed "internal" and "external"; pure and deterministic."""
+    F.check_findings(params.findings)
     internal = [
         patch
         for site in params.internal_sites
@@ -257,8 +269,10 @@ def generate_cohorts(params: DemoParams) -> dict[str, list[DemoPatch]]:
     return {"internal": internal, "external": external}
 
 
-def write_cohorts(cohorts: dict[str, list[DemoPatch]], root: Path) -> dict[str, pd.DataFrame]:
-    """Write every patch as a PNG under root/<relpath>; one manifest per cohort, sorted by path."""
+def write_cohorts(cohorts: dict[str, list[DemoPatch]], root: Path,
+                  findings: list[str] | tuple[str, ...] = ()) -> dict[str, pd.DataFrame]:
+    """Write every patch as a PNG under root/<relpath>; one manifest per cohort, sorted by path
+    (with one 0/1 column per finding of the multi-label demo after the five columns)."""
     root = Path(root)
     manifests = {}
     for name, patches in cohorts.items():
@@ -268,6 +282,8 @@ def write_cohorts(cohorts: dict[str, list[DemoPatch]], root: Path) -> dict[str, 
             Image.fromarray(patch.image).save(path, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
         rows = [(p.relpath, int(p.label), p.patient_id, p.slide_id, p.site) for p in patches]
         frame = pd.DataFrame(rows, columns=MANIFEST_COLUMNS).astype({"label": "int64"})
+        for k, finding in enumerate(findings):
+            frame[finding] = np.array([p.findings[k] for p in patches], dtype=np.int64)
         manifests[name] = frame.sort_values("path", ignore_index=True)
         log.info("demo.written", cohort=name, patches=len(patches), root=str(root))
     return manifests

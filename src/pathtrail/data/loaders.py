@@ -16,7 +16,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from pathtrail.config.subsections import StainAugmentParams
 from pathtrail.core.system import usable_cpus
+from pathtrail.data.stain_augment import random_hed_jitter
 from pathtrail.data.store import PatchStore
 
 SHUFFLE_KEY = 0x5EED
@@ -78,21 +80,32 @@ def to_tensor(img: np.ndarray) -> torch.Tensor:
 
 
 class PatchDataset(Dataset):
-    """Patches of `rows` (store rows) with `labels`; item key is (epoch, position)."""
+    """Patches of `rows` (store rows) with `labels` (class indices (N,), or 0/1 (N, L) multi-label);
+    item key is (epoch, position).
 
-    def __init__(self, store: PatchStore, rows: np.ndarray, labels: np.ndarray, augment: bool, seed: int) -> None:
+    `augment`: the dihedral flips and rotations; `stain_augment` (when enabled): HED colour jitter
+    (`pathtrail.data.stain_augment`). Each is drawn from its own generator keyed on the sample.
+    """
+
+    def __init__(self, store: PatchStore, rows: np.ndarray, labels: np.ndarray, augment: bool, seed: int,
+                 stain_augment: StainAugmentParams | None = None) -> None:
         self.store, self.rows, self.labels = store, rows, labels
         self.augment, self.seed = augment, seed
+        self.stain_augment = stain_augment if stain_augment is not None and stain_augment.enabled else None
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int, int]:
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int | torch.Tensor, int]:
         epoch, i = key
         img = self.store.patch(int(self.rows[i]))
         if self.augment:
             img = augment(img, self.seed, epoch, i)
-        return to_tensor(img), int(self.labels[i]), i
+        if self.stain_augment is not None:
+            s = self.stain_augment
+            img = random_hed_jitter(img, s.sigma_scale, s.sigma_shift, self.seed, epoch, i)
+        y = self.labels[i]  # a class index, or a multi-label row of 0/1 (float32)
+        return to_tensor(img), (int(y) if np.ndim(y) == 0 else torch.from_numpy(np.array(y, np.float32))), i
 
 
 def _seed_worker(worker_id: int) -> None:

@@ -76,7 +76,11 @@ class StoreWriter:
 
 @dataclass
 class PatchStore:
-    """Read side: `index` rows point at (shard, offset); arrays are memory-mapped lazily."""
+    """Read side: `index` rows (by position) point at (shard, offset); arrays are memory-mapped lazily.
+
+    Item access reads two int64 arrays taken from the index once, not the DataFrame: a few
+    microseconds per patch instead of tens (`bench/store.py`).
+    """
 
     root: Path
     index: pd.DataFrame
@@ -84,6 +88,8 @@ class PatchStore:
     def __post_init__(self) -> None:
         self._shards: dict[int, np.ndarray] = {}
         self._row_of = {p: i for i, p in enumerate(self.index["path"])}
+        self._shard_of = self.index["shard"].to_numpy(dtype=np.int64)
+        self._offset_of = self.index["offset"].to_numpy(dtype=np.int64)
 
     def __getstate__(self) -> dict:
         # DataLoader workers re-open memory maps themselves instead of pickling them.
@@ -101,12 +107,13 @@ class PatchStore:
             raise KeyError(f"patch {e.args[0]!r} is not in the store at {self.root}; rerun `dvc repro normalize`") from None
 
     def patch(self, row: int) -> np.ndarray:
-        shard, offset = int(self.index.at[row, "shard"]), int(self.index.at[row, "offset"])
+        shard, offset = int(self._shard_of[row]), int(self._offset_of[row])
         arr = self._shards.get(shard)
         if arr is None:
-            arr = np.load(self.root / f"shard_{shard:05d}.npy", mmap_mode="r")
+            # a plain ndarray over the map: np.memmap's per-slice bookkeeping costs microseconds
+            arr = np.load(self.root / f"shard_{shard:05d}.npy", mmap_mode="r").view(np.ndarray)
             self._shards[shard] = arr
-        return np.array(arr[offset])  # a private, writable copy
+        return arr[offset].copy()  # a private, writable copy
 
     def patches(self, rows: np.ndarray) -> np.ndarray:
         return np.stack([self.patch(int(r)) for r in rows]) if len(rows) else np.empty((0,))

@@ -37,6 +37,7 @@ import pandas as pd
 
 from pathtrail.data import lookalikes
 from pathtrail.data.images import DEFAULT_MAX_PIXELS, default_workers, inspect_files, judge_file
+from pathtrail.data.label_columns import label_column_problems, labels_report
 from pathtrail.data.manifests import (
     DEFAULT_MAX_MANIFEST_BYTES,
     DEFAULT_MAX_MANIFEST_ROWS,
@@ -337,8 +338,8 @@ def build_report(result_problems: list[Problem], summaries: dict[str, Any],
 
 
 # ------------------------------------------------------------------------------ the whole check
-def validate_cohorts(cohorts: list[Cohort], rules: Rules, workers: int | None = None
-                     ) -> ValidationResult:
+def validate_cohorts(cohorts: list[Cohort], rules: Rules, workers: int | None = None,
+                     label_columns: tuple[str, ...] = ()) -> ValidationResult:
     """Check every cohort (manifest, files, classes) and the cohorts against each other.
 
     Returns the validated tables (only when there is no error), every problem, and the report.
@@ -355,6 +356,7 @@ def validate_cohorts(cohorts: list[Cohort], rules: Rules, workers: int | None = 
             summaries[cohort.name] = None
             continue
         schema_problems(frame, scope, rules.classes)
+        label_column_problems(frame, scope, label_columns)  # multilabel: the 0/1 columns
         lookalikes.text_problems(frame, scope)
         if not set(REQUIRED_COLUMNS) <= set(frame.columns):
             summaries[cohort.name] = None
@@ -373,7 +375,7 @@ def validate_cohorts(cohorts: list[Cohort], rules: Rules, workers: int | None = 
     lookalikes.across_cohort_problems(frames, scopes, rules.allow_shared_site)
     problems = [p for s in scopes.values()  # by cohort, then by line (file-level first)
                 for p in sorted(s.problems, key=lambda p: (p.line is not None, p.line or 0))]
-    report = build_report(problems, summaries, rules)
+    report = build_report(problems, summaries, rules) | labels_report(label_columns)
     tables = {}
     if not report["n_errors"]:
         tables = {name: validated_table(frame, labels[name], len(rules.classes))

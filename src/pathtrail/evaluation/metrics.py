@@ -89,6 +89,10 @@ def binary_metrics(
     `pathtrail.evaluation.calibration`. A separated or constant logit(prob) makes the slope NaN.
     """
     y, p = validate_inputs(labels, probs)
+    if isinstance(ece_bins, bool) or not isinstance(ece_bins, int | np.integer) or ece_bins < 1:
+        raise ValueError(f"ece_bins must be a positive integer, got {ece_bins!r}")
+    # validate_inputs has checked what torchmetrics' validate_args would (a torch.unique per call)
+    checked = {"validate_args": False}
     t_prob, t_label = _tensors(y, p)
     n_pos = int(y.sum())
     n_neg = len(y) - n_pos
@@ -100,7 +104,7 @@ def binary_metrics(
             "calibration slope/intercept and the metrics needing the missing class are undefined"
         )
     (tn, fp), (fn, tp) = binary_confusion_matrix(
-        torch.from_numpy(predict(p, threshold)), t_label
+        torch.from_numpy(predict(p, threshold)), t_label, **checked
     ).tolist()
     if tp + fp == 0:
         warnings.append(f"no predicted positives at threshold {threshold:.6g}: PPV undefined")
@@ -111,8 +115,8 @@ def binary_metrics(
     warnings += calibration.warnings
     nan = float("nan")
     return {
-        "auroc": _curve_metric(binary_auroc(t_prob, t_label)) if both else nan,
-        "auprc": _curve_metric(binary_average_precision(t_prob, t_label)) if n_pos else nan,
+        "auroc": _curve_metric(binary_auroc(t_prob, t_label, **checked)) if both else nan,
+        "auprc": _curve_metric(binary_average_precision(t_prob, t_label, **checked)) if n_pos else nan,
         "accuracy": (tp + tn) / len(y),
         "balanced_accuracy": (sensitivity + specificity) / 2,
         "sensitivity": sensitivity,
@@ -121,7 +125,7 @@ def binary_metrics(
         "npv": _div(tn, tn + fn),
         "f1": _div(2 * tp, 2 * tp + fp + fn),
         "brier": float(mean_squared_error(t_prob, t_label.double())),
-        "ece": float(binary_calibration_error(t_prob, t_label, n_bins=ece_bins, norm="l1")),
+        "ece": float(binary_calibration_error(t_prob, t_label, n_bins=ece_bins, norm="l1", **checked)),
         "calibration_slope": calibration.slope,
         "calibration_intercept": calibration.intercept_in_the_large,
         "calibration_intercept_joint": calibration.intercept_joint,

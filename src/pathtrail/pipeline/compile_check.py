@@ -20,12 +20,12 @@ from pathtrail.config.sections import CompileCheckParams, ProfileParams
 from pathtrail.core import figures
 from pathtrail.core.errors import PathTrailError
 from pathtrail.core.files import read_table, write_csv, write_json
+from pathtrail.core.hashing import sha256_file
+from pathtrail.pipeline import other_mode
 from pathtrail.pipeline.stagekit import get_logger, path_option, staged_run
 from pathtrail.train.compile_gate import RunOutcome, compare
-from pathtrail.train.inputs import TrainingInputs, load_training_inputs, score_table
-from pathtrail.train.loop import fit
+from pathtrail.train.inputs import TrainingInputs, load_training_inputs
 from pathtrail.train.model_file import load_model_file
-from pathtrail.train.models import build_model
 
 
 @dataclass(frozen=True)
@@ -36,20 +36,24 @@ class Paths:
     model: str = path_option("models/model.pt")
     val_probs: str = path_option("models/val_probs.csv")
     train_steps: str = path_option("plots/train/steps.csv")
+    other_mode_run: str = path_option("models/other_mode_run.pt", "the train stage's run in the other mode")
     out: str = path_option("metrics/compile_check.json")
     curves: str = path_option("plots/compile_check/loss.csv")
     figure: str = path_option("reports/figures/compile_check_loss.png")
 
 
-def run(params: Mapping[str, Any], paths: Paths, *, trail: str | None = None) -> dict[str, Any]:
-    """Write the comparison report, loss curves and figure; returns the report."""
+def run(params: Mapping[str, Any], paths: Paths, *, trail: str | None = None,
+        stage: str = "compile_check", recorded: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write the comparison report, loss curves and figure; returns the report. The trail records
+    it as stage `stage` with params `recorded` (default: the sections below)."""
     check = parse_section(params, "compile_check", CompileCheckParams)
     profile = parse_section(params, "profile", ProfileParams)
     inp = load_training_inputs(params, paths.store, paths.split)
     section = {**{k: params[k] for k in ("compile_check", "train", "profile")},
                "execution": params.get("execution")}
-    inputs = [paths.store, paths.split, paths.model, paths.val_probs, paths.train_steps]
-    with staged_run("compile_check", inputs=inputs, outputs=[paths.out, paths.curves, paths.figure], params=section,
+    inputs = [paths.store, paths.split, paths.model, paths.val_probs, paths.train_steps, paths.other_mode_run]
+    with staged_run(stage, inputs=inputs, outputs=[paths.out, paths.curves, paths.figure],
+                    params=section if recorded is None else recorded,
                     trail=trail) as (rec, out):
         report = {"enabled": check.enabled, "use_compile": inp.train.use_compile,
                   "compile_mode": inp.train.compile_mode, "backend": "inductor",
@@ -89,21 +93,23 @@ def compare_modes(inp: TrainingInputs, check: CompileCheckParams,
     train_mode_compiled = bool(own_info.get("used", False)) and "eager_from_step" not in own_info
     own = RunOutcome(read_table(paths.train_steps)["loss"].to_numpy(),
                      read_table(paths.val_probs).filter(like="prob_").to_numpy())
-    other = fit(inp.store, inp.splits["train"], inp.splits["val"], inp.train, inp.model, inp.runtime,
-                num_classes=len(inp.data.classes), fingerprint=inp.fingerprint,
-                use_compile=not train_mode_compiled, fallback_random=check.fallback_random)
+    other = other_mode.read_run(paths.other_mode_run)
+    if other is None or other.use_compile == train_mode_compiled:  # not computed beside train: train it here
+        other = other_mode.fit_other(inp, check, use_compile=not train_mode_compiled)
     compiled_info = other.compile if not train_mode_compiled else {"used": True}
     if compiled_info.get("eager_from_step", 0) > 0:
         return _mixed(compiled_info, "the compiled run"), no_curves()
     if not compiled_info.get("used") or "eager_from_step" in compiled_info:
         return {"status": "not_available", "passed": None, "error": compiled_info.get("error")}, no_curves()
-    other_run = RunOutcome(np.array([s["loss"] for s in other.steps]), other.val_probs)
-    eager, compiled = (own, other_run) if not train_mode_compiled else (other_run, own)
+    own_run, other_run = own, RunOutcome(other.losses, other.val_probs)
+    eager, compiled = (own_run, other_run) if not train_mode_compiled else (other_run, own_run)
     ext = read_table(paths.external) if paths.external and Path(paths.external).is_file() else None
     if ext is not None and len(ext):
-        states = {train_mode_compiled: own_model["state_dict"], not train_mode_compiled: other.state_dict}
-        eager.external_probs = external_probs(states[False], inp, ext, compiled=False)
-        compiled.external_probs = external_probs(states[True], inp, ext, compiled=True)
+        own_run.external_probs = other_mode.external_probs(own_model["state_dict"], inp, ext,
+                                                           compiled=train_mode_compiled)
+        scored_beside = other.external_sha256 is not None and other.external_sha256 == sha256_file(paths.external)
+        other_run.external_probs = (other.external_probs if scored_beside else other_mode.external_probs(
+            other.state_dict, inp, ext, compiled=not train_mode_compiled))
     labels = inp.splits["val"].labels
     found = compare(eager, compiled, labels, inp.tables["val"].patient_id.to_numpy(), check, inp.train.seed)
     found["status"] = "passed" if found["passed"] else "failed"
@@ -122,13 +128,3 @@ def _mixed(info: dict[str, Any], which: str) -> dict[str, Any]:
 def no_curves() -> pd.DataFrame:
     """The loss-curve table when no comparison ran (skipped, or compile not available)."""
     return pd.DataFrame(columns=["step", "eager", "compiled"])
-
-
-def external_probs(state_dict: dict[str, torch.Tensor], inp: TrainingInputs, table: pd.DataFrame,
-                   compiled: bool) -> np.ndarray:
-    """Score the external cohort with one mode's trained weights, in that mode."""
-    model = build_model(inp.model.arch, len(inp.data.classes), inp.model.width, inp.model.dropout)
-    model.load_state_dict(state_dict)
-    if compiled:
-        model = torch.compile(model, mode=inp.train.compile_mode)
-    return score_table(model, inp.store, table, inp.data, inp.train.batch_size * 2, inp.train.seed)

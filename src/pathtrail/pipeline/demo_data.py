@@ -29,7 +29,7 @@ def run(params: Mapping[str, Any], paths: Paths, *, trail: str | None = None) ->
         cohorts = generate_cohorts(demo)
         folder = staged(out)
         folder.mkdir()
-        manifests = write_cohorts(cohorts, folder)
+        manifests = write_cohorts(cohorts, folder, demo.findings)
         for cohort, table in manifests.items():
             write_csv(table, folder / f"{cohort}.csv")
         rec.note(**{f"{c}_patches": len(t) for c, t in manifests.items()})

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
+from pathtrail.config.label_section import label_columns_of
 from pathtrail.config.loading import parse_section
 from pathtrail.config.sections import DataParams
 from pathtrail.core.errors import PathTrailError
@@ -44,7 +45,7 @@ def run(params: Mapping[str, Any], paths: Paths, *, trail: str | None = None) ->
         check_paths([paths.failure_report], [*[c.manifest for c in cohorts], root], within=False)
     with staged_run("validate", inputs=inputs, outputs=[paths.out_dir, paths.report],
                     params={"data": params["data"], "execution": params.get("execution")}, trail=trail) as (rec, out):
-        result = validate_cohorts(cohorts, rules)
+        result = validate_cohorts(cohorts, rules, label_columns=label_columns_of(data))
         log_summary(result)
         rec.note(errors=len(result.errors), warnings=len(result.warnings),
                  **{f"{name}_patches": len(t) for name, t in result.tables.items()})

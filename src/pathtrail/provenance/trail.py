@@ -7,7 +7,9 @@ line in the file exactly as it is, and first writes a `recover` entry that holds
 (its text, base64 of its bytes and their sha256); the chain then continues from the last valid
 entry. `chain_report` accepts a torn line only when the entry right after it is the recovery entry
 that describes it, and reports the repair as a note. A failed write (ENOSPC, EIO) is undone by
-truncating the file back to its previous length, so the trail is left exactly as it was.
+truncating the file back to its previous length, so the trail is left exactly as it was. An append
+reads only the end of the file (`last_lines`), whatever the trail's length; the whole file only when
+its last line needs that repair.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pathtrail.core.hashing import digest, json_ready, sha256_bytes
 GENESIS = "0" * 64
 RECOVERY_STAGE = "audit"
 MAX_TORN_TEXT = 100_000
+TAIL_WINDOW = 1 << 16
 
 
 class TrailWriteError(PathTrailError):
@@ -182,9 +185,7 @@ def append_entry(path: Path, fields: dict[str, Any]) -> dict[str, Any]:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         size = os.fstat(fd).st_size
-        with open(fd, "rb", closefd=False) as f:
-            data = f.read()
-        payload, entries = plan_append(data, fields)
+        payload, entries = plan_append(last_lines(fd, size), fields)
         try:
             _write_all(fd, payload)
             os.fsync(fd)
@@ -200,6 +201,34 @@ def append_entry(path: Path, fields: dict[str, Any]) -> dict[str, Any]:
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+def last_lines(fd: int, size: int, window: int = TAIL_WINDOW) -> bytes:
+    """What `plan_append` needs of a trail of `size` bytes: its last complete line, when that line is
+    an entry the next one can link to and the file ends with a newline (the common case: one or two
+    reads from the end, whatever the trail's length: tests/unit/test_trail_recovery.py::
+    test_append_reads_only_the_last_entry); otherwise (a torn or odd last line, whose recovery entry
+    names its line number) the whole file."""
+    while True:
+        start = max(0, size - window)
+        data = os.pread(fd, size - start, start)
+        if start > 0:  # the window's first line may be cut: keep what follows its first newline
+            cut = data.find(b"\n")
+            data = data[cut + 1:] if cut >= 0 else b""
+        lines, tail = split_lines(data)
+        last = next((raw for raw in reversed(lines) if raw.strip()), None)
+        if start == 0 or tail:
+            return data if start == 0 else _whole(fd)
+        if last is not None:
+            value = _parse(last, 0)
+            return last + b"\n" if "_unparsable" not in value and _linkable(value) else _whole(fd)
+        window *= 4
+
+
+def _whole(fd: int) -> bytes:
+    with open(fd, "rb", closefd=False) as f:
+        f.seek(0)
+        return f.read()
 
 
 def _truncate(fd: int, size: int) -> bool:

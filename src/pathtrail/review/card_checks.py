@@ -22,6 +22,7 @@ from pathtrail.card.values import CARD_STAGE, flatten, get
 from pathtrail.config.loading import ParamsError, read_params, result_params
 from pathtrail.core.files import repo_path
 from pathtrail.core.hashing import digest, sha256_bytes, sha256_path
+from pathtrail.ensemble.layout import is_ensemble_stage
 from pathtrail.review.card_execution import execution_problems, headline_problems
 from pathtrail.review.card_release import release_problems, show, training_params_problems
 from pathtrail.review.manifests import manifest_problems
@@ -285,6 +286,8 @@ def _chain_head(card: dict[str, Any], entries: list[dict[str, Any]], runs: RunMa
         stage = str(e.get("stage"))
         if stage == CARD_STAGE or stage in judged or e.get("action") != "end" or e.get("outcome") != "ok":
             continue
+        if is_ensemble_stage(stage):
+            continue  # the optional ensemble's runs: described by its own card section, not by this card
         if e.get("outputs") is not None and e.get("outputs") == (described.get(stage) or {}).get("outputs"):
             continue  # reproduced the very outputs the card describes
         out.append(_stale(stage, e))

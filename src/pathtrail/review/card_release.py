@@ -18,7 +18,7 @@ from pathtrail.card.public import OUTSIDE, redact
 from pathtrail.card.release import criteria_results, is_demo_data, release_facts
 from pathtrail.card.values import get
 from pathtrail.config.loading import result_params
-from pathtrail.config.sections import TRAINING_SECTIONS
+from pathtrail.config.sections import TRAINING_SECTIONS, training_sections
 from pathtrail.core.hashing import digest
 from pathtrail.review.release import load_lock
 
@@ -41,8 +41,11 @@ def training_params_problems(card: dict[str, Any], model: Path) -> list[str]:
     if shown != meta.get("params_sha256"):
         out.append(f"card field model.training_params_sha256 = {str(shown)[:12]}… but models/model.pt records "
                    f"params_sha256 {str(meta.get('params_sha256'))[:12]}…")
+    if get(card, "model.initial_weights_sha256") != meta.get("local_weights_sha256"):
+        out.append(f"card field model.initial_weights_sha256 = {show(get(card, 'model.initial_weights_sha256'))} "
+                   f"but models/model.pt records local_weights_sha256 {show(meta.get('local_weights_sha256'))}")
     params = card.get("params") if isinstance(card.get("params"), dict) else {}
-    sections = {k: params.get(k) for k in TRAINING_SECTIONS}
+    sections = training_sections(params)
     if get(card, "model.training_params_scope") == TRAINING_PARAMS_SCOPE and digest(sections) != shown \
             and not _redacted(sections):
         out.append(f"card field model.training_params_sha256 = {str(shown)[:12]}… is not the hash of the card's "

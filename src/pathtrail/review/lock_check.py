@@ -20,6 +20,8 @@ from pathtrail.card.values import flatten, get
 from pathtrail.config.loading import ParamsError, read_params
 from pathtrail.review.release import load_lock
 
+ENSEMBLE_DVC_YAML = "ensemble/dvc.yaml"  # the optional second pipeline (README, "Stacking ensemble")
+
 
 def dvc_findings(root: Path) -> tuple[list[str], list[str]]:
     """(problems, notes): dvc.lock against the workspace."""
@@ -153,9 +155,13 @@ def _md5(path: Path) -> str:
 def dvc_status(root: Path) -> tuple[dict[str, Any], str | None]:
     """`dvc status --json` in `root` (analytics off): (status, None) or ({}, problem)."""
     env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    # the root pipeline, and the optional ensemble pipeline once it has run (its dvc.lock exists):
+    # a plain `dvc status` would report every stage of a pipeline never run as changed
+    targets = ["dvc.yaml", *([ENSEMBLE_DVC_YAML] if (root / ENSEMBLE_DVC_YAML).with_name("dvc.lock").is_file()
+                             and (root / ENSEMBLE_DVC_YAML).is_file() else [])]
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "dvc", "status", "--json"],
+            [sys.executable, "-m", "dvc", "status", "--json", *targets],
             cwd=root,
             env=env,
             capture_output=True,

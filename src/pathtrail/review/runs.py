@@ -11,7 +11,9 @@ accepted when they match any recorded successful run of that stage which
   start entry records them) is re-hashed, so the run consumed the present outputs of the stages
   upstream. `dvc.lock`, which DVC rewrites after every stage, is left to the dvc check; an input
   outside the repository is not opened (it is counted in a note); and
-* used the params that params.yaml holds now, for every section or key its start entry recorded.
+* used the params that params.yaml holds now, for every section or key its start entry recorded
+  (the `ensemble` section, which the optional ensemble pipeline's stages record, is read from
+  `ensemble/params.yaml`: `pathtrail.ensemble.params`).
 
 Of several such runs the latest wins. A stage with none gets one problem: the latest run's
 outputs that differ (what `verify` always said), or, when some run recorded exactly these outputs
@@ -32,6 +34,7 @@ from pathtrail.card.values import flatten, get
 from pathtrail.config.loading import ParamsError, read_params
 from pathtrail.core.files import repo_path
 from pathtrail.core.hashing import sha256_path
+from pathtrail.ensemble.params import ENSEMBLE_PARAMS
 
 NOT_CHAINED = frozenset({"dvc.lock"})  # rewritten by DVC after each stage; the dvc check compares it
 MAX_REASONS = 3
@@ -242,6 +245,8 @@ class RunMatcher:
         if self._params is _ABSENT:
             try:
                 self._params = read_params(self.root / "params.yaml")
+                if (self.root / ENSEMBLE_PARAMS).is_file():
+                    self._params = {**self._params, **read_params(self.root / ENSEMBLE_PARAMS)}
             except ParamsError:
                 self._params = None
         return self._params

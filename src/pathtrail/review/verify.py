@@ -17,6 +17,11 @@ Five checks, each a list of problems (one sentence naming the file and the field
               INVALID or UNSIGNED. With `release=True` a card passes only with a valid signature by
               a trusted key whose subjects all match, and no entry recorded after the signed head.
 
+Files are hashed through the stat-keyed sha256 cache the stages share (`core.hash_cache`): a file
+whose stat is unchanged since a stage hashed it is not read again. `rehash=True` (`verify
+--rehash`) reads every byte instead, and so does `release=True` always: a release sign-off is the one
+moment a reviewer must not trust local state (tests/unit/test_hash_cache.py::test_verify_rehash_*).
+
 Every path read from a card, the trail or a signature must resolve inside the repository
 (`core.files.repo_path`); anything else is a problem, never a file opened. Exit status 0 only when
 every check passes. When none of the outputs DVC tracks is present (a fresh clone), one line first
@@ -26,6 +31,7 @@ says what to run and the problems about those missing files are counted, not lis
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Collection
 from dataclasses import dataclass, field
@@ -35,11 +41,12 @@ from typing import Any
 import structlog
 
 from pathtrail.core.files import repo_path
+from pathtrail.core.hash_cache import fresh_reads
 from pathtrail.core.text import printable
 from pathtrail.provenance import audit
 from pathtrail.review.absent import about_absent, absent_outputs, hint
 from pathtrail.review.card_checks import card_problems
-from pathtrail.review.lock_check import dvc_findings
+from pathtrail.review.lock_check import ENSEMBLE_DVC_YAML, dvc_findings
 from pathtrail.review.ordering import threshold_order_problems
 from pathtrail.review.release import card_files, check_signature, load_lock, trusted_keys
 from pathtrail.review.runs import RunMatcher
@@ -88,8 +95,14 @@ def verify(
     *,
     release: bool = False,
     trusted_keys: list[str] | None = None,
+    rehash: bool = False,
 ) -> Report:
-    root = Path(repo_root)
+    with fresh_reads() if rehash or release else contextlib.nullcontext():
+        return _verify(Path(repo_root), str(repo_root), checks, trail, release, trusted_keys)
+
+
+def _verify(root: Path, shown: str, checks: Collection[str], trail: str | Path, release: bool,
+            trusted_keys: list[str] | None) -> Report:
     unknown = set(checks) - set(CHECKS)
     if unknown:
         raise ValueError(f"unknown check(s) {sorted(unknown)}; known: {', '.join(CHECKS)}")
@@ -103,7 +116,7 @@ def verify(
         "dvc": lambda c: c.add(*dvc_findings(root)),
         "signature": lambda c: signature_check(c, root, entries, release, trusted_keys),
     }
-    report = Report(str(repo_root), [])
+    report = Report(shown, [])
     for name in (n for n in CHECKS if n in checks):
         check = Check(name)
         runners[name](check)
@@ -118,6 +131,8 @@ def fold_absent(report: Report, root: Path) -> None:
     if not (root / "dvc.lock").is_file():
         return
     absent = absent_outputs(root, load_lock(root / "dvc.lock")[0])
+    if absent and (root / ENSEMBLE_DVC_YAML).with_name("dvc.lock").is_file():  # the optional second pipeline's
+        absent += absent_outputs(root, load_lock((root / ENSEMBLE_DVC_YAML).with_name("dvc.lock"))[0])
     if not absent:
         return
     for c in report.checks:

@@ -37,24 +37,26 @@ fallback. On CUDA a chunk holding a single patch sums its moments in another ord
 reductions split rows when there are few), so a lone patch can differ from the batched one by
 rounding.
 
+On CPU, patches of at least `fast.MIN_PIXELS` pixels take the fast path (`fast`, `kernels`: the
+same algorithm with its per-pixel loops fused in numba), bitwise the results of the torch kernels
+(`ops`), which still serve CUDA, tiny patches and `return_concentrations`
+(test_stain_fast.py).
+
 A normalizer holds per-call scratch memory; use one instance per thread.
 """
 
 from __future__ import annotations
 
-import hashlib
-import math
 import time
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
-import numpy as np
 import structlog
 import torch
 from torch import Tensor
 
 from pathtrail import __version__
-from pathtrail.stain import ops
+from pathtrail.stain import fast, inputs, ops
 
 log = structlog.get_logger(__name__)
 
@@ -70,11 +72,14 @@ SLIDE_SAMPLE_PIXELS = 1 << 18
 FIT_MAX_PIXELS = 1 << 22
 # Chunks are also capped in pixels: a working set past the CPU caches costs more than it saves.
 CHUNK_PIXELS = 1 << 17
+# The fast path (`fast`) keeps 16 bytes a pixel; larger chunks amortise its per-chunk torch algebra
+# (2^20 pixels ran 18 % faster than 2^19 at 224x224, and 2^21 no faster).
+FAST_CHUNK_PIXELS = 1 << 20
 # On a GPU the cap only bounds scratch memory (~200 bytes a pixel, so ~1 GB): 2^17-pixel chunks
 # (two 256x256 patches) left an H200 mostly idle, 27x slower than 2^22 at 256x256.
 GPU_CHUNK_PIXELS = 1 << 22
 
-Array = np.ndarray | Tensor
+Array = inputs.Array
 
 
 class MacenkoNormalizer:
@@ -107,14 +112,14 @@ class MacenkoNormalizer:
     # ----------------------------------------------------------------------------- reference
     def fit(self, images: Array | Sequence[Array]) -> MacenkoNormalizer:
         """Fit the reference on one uint8 (H, W, 3) image or on the pooled pixels of several."""
-        items = [images] if _is_array(images) and images.ndim == 3 else list(images)
+        items = [images] if inputs.is_array(images) and images.ndim == 3 else list(images)
         if not items:
             raise ValueError("fit needs at least one image")
-        tensors = [_as_tensor(img, ndim=3, what="reference image") for img in items]
+        tensors = [inputs.as_tensor(img, ndim=3, what="reference image") for img in items]
         pixels = torch.cat([t.reshape(-1, 3) for t in tensors]).unsqueeze(0)
         if pixels.shape[1] > FIT_MAX_PIXELS:
             log.info("stain.fit.sampled", pixels=pixels.shape[1], sample=FIT_MAX_PIXELS)
-            pixels = _strided_sample(pixels, FIT_MAX_PIXELS)
+            pixels = inputs.strided_sample(pixels, FIT_MAX_PIXELS)
         est = self._estimate(pixels, ops.Scratch())[1]
         if not bool(est.valid[0]):
             raise ValueError(
@@ -123,7 +128,7 @@ class MacenkoNormalizer:
                 "fit on patches with tissue")
         self.stain_matrix = est.stains[0].cpu()
         self.max_concentrations = est.max_conc[0].cpu()
-        self.reference_sha256 = [_image_sha256(t) for t in tensors]
+        self.reference_sha256 = [inputs.image_sha256(t) for t in tensors]
         self._device_cache.clear()
         log.info("stain.fit", images=len(tensors), pixels=pixels.shape[1],
                  tissue_fraction=round(float(est.tissue_fraction[0]), 4))
@@ -185,27 +190,28 @@ class MacenkoNormalizer:
         slide's patches in this batch, so pass whole slides, in a fixed order.
         """
         start = time.perf_counter()
-        x = _as_tensor(batch, ndim=4, what="batch")
+        x = inputs.as_tensor(batch, ndim=4, what="batch")
         n, height, width, _ = x.shape
-        ids = _slide_id_list(slide_ids, n)
+        ids = inputs.slide_id_list(slide_ids, n)
         flat = x.view(n, height * width, 3)
         out = torch.empty_like(flat)
         conc = torch.empty(2, n, height * width, dtype=torch.float32, device=x.device) \
             if return_concentrations else None
         slide_maps = self._slide_maps(flat, ids) if self.fallback == "slide" else None
         fallbacks = from_slide = exact = 0
-        for lo, hi in self._chunks(n, height * width, x.device):
+        use_fast = conc is None and fast.usable(flat)
+        for lo, hi in self._chunks(n, height * width, x.device, use_fast):
             bad, bad_slide, n_exact = self._normalize_chunk(
                 flat[lo:hi], out[lo:hi], None if conc is None else conc[:, lo:hi], slide_maps, lo)
             fallbacks, from_slide, exact = fallbacks + bad, from_slide + bad_slide, exact + n_exact
         self.last_stats = {"patches": n, "fallback": fallbacks, "fallback_slide": from_slide}
         log.debug("stain.normalize", patches=n, fallback=fallbacks, fallback_slide=from_slide,
                   exact=exact, seconds=round(time.perf_counter() - start, 4))
-        result = _like(out.view(x.shape), batch)
+        result = inputs.like(out.view(x.shape), batch)
         if conc is None:
             return result
         planes = conc.view(2, n, height, width)
-        return result, _like(planes[0], batch), _like(planes[1], batch)
+        return result, inputs.like(planes[0], batch), inputs.like(planes[1], batch)
 
     def normalize_slide(self, batch: Array) -> Array:
         """Per-slide scope: one stain estimate from an evenly strided pixel sample of the whole
@@ -213,7 +219,7 @@ class MacenkoNormalizer:
         variation). Falls back for the whole batch if the slide's estimate is unusable (there is
         no other slide estimate to use, so fallback="slide" acts as "reference" here)."""
         start = time.perf_counter()
-        x = _as_tensor(batch, ndim=4, what="batch")
+        x = inputs.as_tensor(batch, ndim=4, what="batch")
         n, height, width, _ = x.shape
         flat = x.view(n, height * width, 3)
         out = torch.empty_like(flat)
@@ -226,10 +232,14 @@ class MacenkoNormalizer:
             od_map = ops.od_map(cache["ref_stains"], cache["ref_max"], unmix, max_conc)
             if bool(ops.tables_exact(od_map, cache["exact"][0])[0]):
                 tables = ops.channel_tables(od_map, cache["lut"], self.io)[0]
-                rg_table = ops.pair_table(tables)
-                for lo, hi in self._chunks(n, height * width, x.device):
-                    planar = ops.to_planar(flat[lo:hi], cache["scratch"])
-                    ops.apply_fixed(planar, rg_table, tables[2], out[lo:hi], cache["scratch"])
+                if fast.usable(flat):
+                    fast.apply_fixed(flat, tables, out)
+                else:
+                    rg_table = ops.pair_table(tables)
+                    for lo, hi in self._chunks(n, height * width, x.device):
+                        planar = ops.to_planar(flat[lo:hi], cache["scratch"])
+                        ops.apply_fixed(planar, rg_table, tables[2], out[lo:hi],
+                                        cache["scratch"])
             else:  # outside the tables' 1-level bound (see ops.TABLE_LOG_BOUND)
                 for i in range(n):
                     ops.apply_exact(flat[i], od_map[0], self.io, cache["exact"][1], out[i])
@@ -239,7 +249,7 @@ class MacenkoNormalizer:
         log.debug("stain.normalize_slide", patches=n, fallback=self.last_stats["fallback"],
                   tissue_fraction=round(float(est.tissue_fraction[0]), 4),
                   seconds=round(time.perf_counter() - start, 4))
-        return _like(out.view(x.shape), batch)
+        return inputs.like(out.view(x.shape), batch)
 
     # ----------------------------------------------------------------------------- internals
     def _normalize_chunk(self, patches: Tensor, out: Tensor, conc: Tensor | None,
@@ -250,7 +260,8 @@ class MacenkoNormalizer:
         (unmix, max_conc) for the chunk's patch i, or None if it is unusable. Returns (fallbacks,
         fallbacks that used their slide's estimate, patches evaluated by `ops.apply_exact`)."""
         cache = self._cache(patches.device)
-        planar, est, od = self._estimate(patches, cache["scratch"])
+        use_fast = conc is None and fast.usable(patches)
+        planar, est, od = self._estimate(patches, cache["scratch"], use_fast)
         ok = est.valid
         m = ok.shape[0]
         fb_unmix, fb_max = cache["ref_unmix"].expand(m, 2, 3), cache["ref_max"].expand(m, 2)
@@ -274,8 +285,12 @@ class MacenkoNormalizer:
                                                   "conc_ref")
             conc *= (cache["ref_max"] / max_conc).T.to(torch.float32).unsqueeze(-1)
         skip = ~ok if self.fallback == "passthrough" else None  # returned unchanged below
-        n_exact = ops.apply_maps(patches, planar, od_map, cache["lut"], self.io, out,
-                                 cache["scratch"], cache["exact"], skip)
+        if use_fast:
+            n_exact = fast.apply_maps(patches, od_map, cache["lut"], self.io, out, cache["exact"],
+                                      skip)
+        else:
+            n_exact = ops.apply_maps(patches, planar, od_map, cache["lut"], self.io, out,
+                                     cache["scratch"], cache["exact"], skip)
         n_bad = int((~ok).sum())
         if n_bad and self.fallback == "passthrough":
             out[~ok] = patches[~ok]
@@ -284,7 +299,7 @@ class MacenkoNormalizer:
     def _slide_estimate(self, patches: Tensor, scratch: ops.Scratch) -> ops.StainEstimate:
         """One estimate (n = 1) for a slide's (n, P, 3) patches, from an evenly strided sample of
         their pixels: `normalize_slide`'s map and the "slide" fallback's."""
-        return self._estimate(_strided_sample(patches, SLIDE_SAMPLE_PIXELS), scratch)[1]
+        return self._estimate(inputs.strided_sample(patches, SLIDE_SAMPLE_PIXELS), scratch)[1]
 
     def _slide_maps(self, flat: Tensor, ids: list[Hashable] | None
                     ) -> Callable[[int], tuple[Tensor, Tensor] | None]:
@@ -314,16 +329,25 @@ class MacenkoNormalizer:
 
         return lookup
 
-    def _estimate(self, patches: Tensor, scratch: ops.Scratch
-                  ) -> tuple[Tensor, ops.StainEstimate, Tensor]:
-        """(n, P, 3) uint8 -> planar indices (3, n, P), the stain estimate, OD (3, n, P)."""
+    def _estimate(self, patches: Tensor, scratch: ops.Scratch, use_fast: bool = True
+                  ) -> tuple[Tensor | None, ops.StainEstimate, Tensor | None]:
+        """(n, P, 3) uint8 -> planar indices (3, n, P), the stain estimate, OD (3, n, P); by
+        `fast` where it serves the patches and `use_fast` (then without indices, OD nor
+        per-pixel concentrations: the same estimate otherwise, bitwise)."""
+        if use_fast and fast.usable(patches):
+            cache = self._cache(patches.device)
+            est = fast.estimate(patches, cache["lut"], cache["levels"], self.alpha,
+                                self.min_tissue_fraction, scratch)[0]
+            return None, est, None
         planar = ops.to_planar(patches, scratch)
         od = ops.optical_density(planar, self._cache(patches.device)["lut"], scratch)
         est = ops.estimate(od, self.alpha, self.beta, self.min_tissue_fraction, scratch)
         return planar, est, od
 
-    def _chunks(self, n: int, npix: int, device: torch.device) -> list[tuple[int, int]]:
-        cap = CHUNK_PIXELS if device.type == "cpu" else GPU_CHUNK_PIXELS
+    def _chunks(self, n: int, npix: int, device: torch.device, use_fast: bool = False
+                ) -> list[tuple[int, int]]:
+        cap = FAST_CHUNK_PIXELS if use_fast else CHUNK_PIXELS if device.type == "cpu" \
+            else GPU_CHUNK_PIXELS
         step = max(1, min(self.chunk_size, cap // max(npix, 1)))
         return [(lo, min(lo + step, n)) for lo in range(0, n, step)]
 
@@ -335,6 +359,7 @@ class MacenkoNormalizer:
             self._device_cache[device] = {
                 "lut": lut,
                 "exact": (ops.table_bounds(lut, self.io), ops.log_levels(device)),
+                "levels": fast.tissue_levels(lut.cpu(), self.beta),
                 "ref_stains": stains.unsqueeze(0),
                 "ref_max": self.max_concentrations.to(device).unsqueeze(0),
                 "ref_unmix": ops.unmixing_matrix(stains.unsqueeze(0)),
@@ -345,55 +370,3 @@ class MacenkoNormalizer:
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_device_cache": {}}
-
-
-def _is_array(obj: object) -> bool:
-    return isinstance(obj, (np.ndarray, Tensor))
-
-
-def _as_tensor(data: Array, ndim: int, what: str) -> Tensor:
-    """A uint8 torch view of a numpy array or tensor, with a checked (..., 3) shape."""
-    if isinstance(data, np.ndarray):
-        if not data.flags.writeable:
-            data = data.copy()
-        data = torch.from_numpy(np.ascontiguousarray(data))
-    elif not isinstance(data, Tensor):
-        raise TypeError(f"{what} must be a numpy array or a torch tensor, got {type(data).__name__}")
-    if data.dtype != torch.uint8:
-        raise TypeError(f"{what} must be uint8, got {data.dtype}")
-    shape = "(N, H, W, 3)" if ndim == 4 else "(H, W, 3)"
-    if data.ndim != ndim or data.shape[-1] != 3:
-        raise ValueError(f"{what} must be shaped {shape} RGB, got {tuple(data.shape)}")
-    return data.contiguous()
-
-
-def _slide_id_list(slide_ids: Sequence[Hashable] | None, n: int) -> list[Hashable] | None:
-    """`slide_ids` as a list of n hashable ids (arrays and tensors by value), or None."""
-    if slide_ids is None:
-        return None
-    if isinstance(slide_ids, (str, bytes)):
-        raise TypeError("slide_ids must be a sequence of ids, one per patch, not a string")
-    ids = slide_ids.tolist() if isinstance(slide_ids, (np.ndarray, Tensor)) else list(slide_ids)
-    if len(ids) != n:
-        raise ValueError(f"slide_ids must give one id per patch: got {len(ids)} for {n} patches")
-    for sid in ids:
-        if not isinstance(sid, Hashable):
-            raise TypeError(f"slide_ids must be hashable, got {type(sid).__name__}")
-    return ids
-
-
-def _strided_sample(pixels: Tensor, limit: int) -> Tensor:
-    """At most `limit` pixels of (n, P, 3), evenly strided over all of them -> (1, S, 3)."""
-    flat = pixels.reshape(-1, 3)
-    return flat[:: max(1, math.ceil(len(flat) / limit))].unsqueeze(0)
-
-
-def _like(result: Tensor, template: Array) -> Array:
-    return result.numpy() if isinstance(template, np.ndarray) else result
-
-
-def _image_sha256(image: Tensor) -> str:
-    """sha256 of an image's shape ("HxWx3:") followed by its raw C-order uint8 bytes."""
-    digest = hashlib.sha256("x".join(map(str, image.shape)).encode() + b":")
-    digest.update(image.cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()

@@ -139,10 +139,14 @@ def _covariance(od: Tensor, weight: Tensor, count: Tensor, ws: Scratch) -> Tenso
     masked = torch.mul(od, weight, out=moments[:3])
     for row, (i, j) in enumerate(_PAIRS, start=3):
         torch.mul(masked[i], od[j], out=moments[row])
-    sums = moments.sum(-1).double()  # (9, n)
+    return covariance_from_sums(moments.sum(-1).double(), count)
+
+
+def covariance_from_sums(sums: Tensor, count: Tensor) -> Tensor:
+    """(n, 3, 3) covariance from the (9, n) float64 moment sums (`_covariance`'s rows)."""
     n = count.to(torch.float64).clamp(min=1)
     mean = sums[:3] / n
-    cov = torch.empty(od.shape[1], 3, 3, dtype=torch.float64, device=od.device)
+    cov = torch.empty(sums.shape[1], 3, 3, dtype=torch.float64, device=sums.device)
     for row, (i, j) in enumerate(_PAIRS, start=3):
         cov[:, i, j] = cov[:, j, i] = (sums[row] - n * mean[i] * mean[j]) / (n - 1).clamp(min=1)
     return cov
@@ -188,8 +192,27 @@ def estimate(od: Tensor, alpha: float, beta: float, min_tissue_fraction: float,
     tissue = torch.ge(weight, beta, out=ws.get("tissue", (n, npix), torch.bool, od.device))
     weight.copy_(tissue.view(torch.uint8))  # all channels OD >= beta, as in torchstain
     count = tissue.view(torch.uint8).sum(-1)
+    enough, plane = principal_plane(_covariance(od, weight, count, ws), count, npix,
+                                    min_tissue_fraction)
+    angle = _pseudo_angle(_combine(plane.permute(2, 0, 1), od, ws, "proj"), ws)  # (n, P)
+    # Row 0: angles for the low percentile; row 1: negated, for the high one. Non-tissue pixels
+    # are moved above every real value (exact: adding 0 leaves a tissue angle unchanged).
+    offset = weight.neg_().add_(1).mul_(_MASK_OFFSET)
+    ranked = ws.get("ranked", (2, n, npix), od.dtype, od.device)
+    torch.add(angle, offset, out=ranked[0])
+    torch.sub(offset, angle, out=ranked[1])
+    picked = kth_smallest(ranked.view(2 * n, npix), angle_ranks(count, alpha).view(-1))
+    stains, unmix, separated = stains_from_picks(plane, picked.view(2, n), enough)
+    conc = concentrations(od, unmix, ws)
+    k99 = conc_rank(n, npix, od.device)
+    max_conc = kth_smallest(conc.view(2 * n, npix), k99, largest=True).view(2, n).T.double()
+    return finish_estimate(stains, unmix, max_conc, count, npix, enough, separated, conc)
+
+
+def principal_plane(cov: Tensor, count: Tensor, npix: int, min_tissue_fraction: float
+                    ) -> tuple[Tensor, Tensor]:
+    """(enough tissue (n,) bool, the plane of the two largest eigenvectors (n, 3, 2))."""
     fraction = count.double() / max(npix, 1)  # 0 for 0-pixel patches, not NaN
-    cov = _covariance(od, weight, count, ws)
     enough = (count >= 3) & (fraction >= min_tissue_fraction) & cov.isfinite().all((-1, -2))
     eye = torch.eye(3, dtype=cov.dtype, device=cov.device)
     cov = torch.where(enough[:, None, None], cov, eye) + EPS * eye
@@ -198,30 +221,39 @@ def estimate(od: Tensor, alpha: float, beta: float, min_tissue_fraction: float,
     # positive. The percentile pair is symmetric under a sign flip up to nearest-rank ties.
     sign = torch.gather(vecs, 1, vecs.abs().argmax(1, keepdim=True)).sign()
     vecs = vecs * torch.where(sign == 0, 1.0, sign)
-    plane = vecs[:, :, 1:]  # (n, 3, 2): the two largest eigenvectors, ascending as in torchstain
-    angle = _pseudo_angle(_combine(plane.permute(2, 0, 1), od, ws, "proj"), ws)  # (n, P)
-    # Row 0: angles for the low percentile; row 1: negated, for the high one. Non-tissue pixels
-    # are moved above every real value (exact: adding 0 leaves a tissue angle unchanged).
-    offset = weight.neg_().add_(1).mul_(_MASK_OFFSET)
-    ranked = ws.get("ranked", (2, n, npix), od.dtype, od.device)
-    torch.add(angle, offset, out=ranked[0])
-    torch.sub(offset, angle, out=ranked[1])
-    k = torch.stack((nearest_rank(count, alpha), count - nearest_rank(count, 100 - alpha) + 1))
-    picked = kth_smallest(ranked.view(2 * n, npix), k.view(-1)).view(2, n)
-    picked = torch.where(enough, picked, 0) * torch.tensor([[1.0], [-1.0]], device=od.device)
+    return enough, vecs[:, :, 1:]  # ascending as in torchstain
+
+
+def angle_ranks(count: Tensor, alpha: float) -> Tensor:
+    """(2, n) ranks of the low (alpha) and high (100 - alpha, counted from the top) angles."""
+    return torch.stack((nearest_rank(count, alpha), count - nearest_rank(count, 100 - alpha) + 1))
+
+
+def conc_rank(n: int, npix: int, device: torch.device) -> Tensor:
+    """(2n,) rank, from the top, of the 99th-percentile concentration."""
+    k99 = torch.full((2 * n,), npix, dtype=torch.int64, device=device)
+    return k99 - nearest_rank(k99, 99) + 1
+
+
+def stains_from_picks(plane: Tensor, picked: Tensor, enough: Tensor
+                      ) -> tuple[Tensor, Tensor, Tensor]:
+    """Stain vectors (n, 3, 2), unmixing (n, 2, 3) and separation (n,) bool from the (2, n)
+    float32 picks (row 0: low angle, row 1: negated high angle)."""
+    picked = torch.where(enough, picked, 0) * torch.tensor([[1.0], [-1.0]], device=plane.device)
     v_min, v_max = (plane.unsqueeze(0) @ _direction(picked).unsqueeze(-1)).squeeze(-1)  # (n, 3)
     h_first = (v_min[:, 0] > v_max[:, 0]).unsqueeze(-1)
     stains = torch.stack((torch.where(h_first, v_min, v_max), torch.where(h_first, v_max, v_min)), -1)
     separated = (v_min * v_max).sum(-1).abs() < math.cos(MIN_STAIN_ANGLE)
-    unmix = unmixing_matrix(stains)
-    conc = concentrations(od, unmix, ws)
-    k99 = torch.full((2 * n,), npix, dtype=torch.int64, device=od.device)
-    k99 = k99 - nearest_rank(k99, 99) + 1
-    max_conc = kth_smallest(conc.view(2 * n, npix), k99, largest=True).view(2, n).T.double()
+    return stains, unmixing_matrix(stains), separated
+
+
+def finish_estimate(stains: Tensor, unmix: Tensor, max_conc: Tensor, count: Tensor, npix: int,
+                    enough: Tensor, separated: Tensor, conc: Tensor) -> StainEstimate:
+    """The estimate from its parts; max_conc (n, 2) float64."""
     valid = enough & separated & (max_conc >= MIN_MAX_CONCENTRATION).all(-1)
     valid &= stains.isfinite().all((-1, -2)) & unmix.isfinite().all((-1, -2))
-    return StainEstimate(stains, unmix, max_conc.clamp(min=MIN_MAX_CONCENTRATION), fraction, valid,
-                         conc)
+    return StainEstimate(stains, unmix, max_conc.clamp(min=MIN_MAX_CONCENTRATION),
+                         count.double() / max(npix, 1), valid, conc)
 
 
 def od_map(ref_stains: Tensor, ref_max: Tensor, unmix: Tensor, max_conc: Tensor) -> Tensor:

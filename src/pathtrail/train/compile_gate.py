@@ -49,7 +49,7 @@ def compare(eager: RunOutcome, compiled: RunOutcome, labels: np.ndarray, patient
     """All comparison figures plus `passed` and, when it fails, the reasons (what and by how much)."""
     auc_e, auc_c = auroc(labels, eager.val_probs), auroc(labels, compiled.val_probs)
     delta = auc_c - auc_e
-    binary = eager.val_probs.shape[1] == 2
+    binary = np.ndim(labels) == 1 and eager.val_probs.shape[1] == 2
     ci = (paired_delta_ci(labels, eager.val_probs[:, 1], compiled.val_probs[:, 1], patients,
                           p.n_bootstrap, seed) if binary else (float("nan"), float("nan")))
     n = min(len(eager.losses), len(compiled.losses))
@@ -69,9 +69,16 @@ def compare(eager: RunOutcome, compiled: RunOutcome, labels: np.ndarray, patient
         "loss_mean_abs_delta": float(diff.mean()) if n else float("nan"),
         "val_agreement": agreement(eager.val_probs, compiled.val_probs),
     }
+    failures = []
+    if np.ndim(labels) == 2:  # multi-label: each label's AUROC is held to the tolerance as well
+        per_e, per_c = per_label_auroc(labels, eager.val_probs), per_label_auroc(labels, compiled.val_probs)
+        result["auroc_per_label_eager"], result["auroc_per_label_compiled"] = per_e, per_c
+        result["auroc_per_label_delta"] = [c - e for e, c in zip(per_e, per_c, strict=True)]
+        failures += [f"label {k}: validation AUROC differs by {d:+.6f}; tolerance ±{p.auc_tolerance}"
+                     for k, d in enumerate(result["auroc_per_label_delta"]) if not abs(d) <= p.auc_tolerance
+                     and np.isfinite(d)]
     if eager.external_probs is not None and compiled.external_probs is not None:
         result["external_agreement"] = agreement(eager.external_probs, compiled.external_probs)
-    failures = []
     if not abs(delta) <= p.auc_tolerance:
         failures.append(f"validation AUROC differs by {delta:+.6f} (eager {auc_e:.6f}, compiled {auc_c:.6f}); "
                         f"tolerance ±{p.auc_tolerance}")
@@ -89,3 +96,9 @@ def compare(eager: RunOutcome, compiled: RunOutcome, labels: np.ndarray, patient
     result["passed"] = not failures
     result["failures"] = failures
     return result
+
+
+def per_label_auroc(labels: np.ndarray, probs: np.ndarray) -> list[float]:
+    """Each label's AUROC (NaN where the label has one value on the validation split)."""
+    return [auroc(labels[:, k].astype(np.int64), np.stack([1 - probs[:, k], probs[:, k]], axis=1))
+            for k in range(labels.shape[1])]

@@ -33,8 +33,10 @@ from pathtrail.data.loaders import KeyedBatchSampler, PatchDataset, make_loader
 from pathtrail.data.store import PatchStore
 from pathtrail.train import distributed as D
 from pathtrail.train.checkpoint_file import set_aside
+from pathtrail.train.compiling import compile_module
 from pathtrail.train.distributed import World
-from pathtrail.train.models import build_model, load_local_weights
+from pathtrail.train.models import HEADS, build_from_params
+from pathtrail.train.multilabel import MultiLabelLoss, pos_weights
 from pathtrail.train.resume import read_checkpoint, run_fingerprint, save_checkpoint, try_restore
 from pathtrail.train.steps import (
     TrainingRun,
@@ -45,6 +47,7 @@ from pathtrail.train.steps import (
     validate,
     wrap_ddp,
 )
+from pathtrail.train.weights import load_local_weights
 
 log = structlog.get_logger(__name__)
 
@@ -52,7 +55,7 @@ log = structlog.get_logger(__name__)
 @dataclass
 class Split:
     rows: np.ndarray   # store rows
-    labels: np.ndarray
+    labels: np.ndarray  # class indices (N,), or 0/1 float32 (N, L) for multi-label
 
 
 @dataclass
@@ -97,6 +100,18 @@ def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
     w = counts.sum() / (num_classes * counts)
     w = np.clip(w, None, 100.0 * w.min())
     return torch.tensor(w / w.mean(), dtype=torch.float32)
+
+
+def adamw_kernels(impl: str, device: torch.device) -> dict[str, bool]:
+    """AdamW's `fused` / `foreach` arguments for `train.optimizer_impl` (auto: fused on CUDA, torch's
+    per-tensor loop on the CPU, as before the option existed). `fused` changes the float order of
+    the update, hence the weights; `foreach` gave the loop's bits in bench/optimizations.py, which
+    torch does not promise: the option is a result param either way."""
+    if impl == "fused":
+        return {"fused": True}
+    if impl == "foreach":
+        return {"fused": False, "foreach": True}
+    return {"fused": device.type == "cuda"}
 
 
 def _make_scheduler(opt: torch.optim.Optimizer, p: TrainParams, total_steps: int):
@@ -217,9 +232,10 @@ def build_run(store: PatchStore, train: Split, val: Split, params: TrainParams, 
         raise PathTrailError("train.amp=fp16 needs a CUDA device; use train.amp=bf16 or none on CPU")
     configure_determinism(params)
     torch.manual_seed(params.seed)
-    net = build_model(model_params.arch, num_classes, model_params.width, model_params.dropout,
-                      gradient_checkpointing=model_params.gradient_checkpointing)
-    weights_sha = load_local_weights(net, model_params.weights_path) if model_params.weights_path else None
+    net = build_from_params(model_params, num_classes)
+    weights_sha = (load_local_weights(net, model_params.weights_path, arch=model_params.arch,
+                                      head=HEADS.get(model_params.arch)).sha256
+                   if model_params.weights_path else None)
     net.to(device)
     if params.channels_last:
         net = net.to(memory_format=torch.channels_last)
@@ -228,22 +244,20 @@ def build_run(store: PatchStore, train: Split, val: Split, params: TrainParams, 
     compile_info: dict[str, Any] = {"requested": use_compile, "used": False, "mode": params.compile_mode}
     core: nn.Module = net
     if use_compile:
-        import torch._inductor.config as inductor_config
-
-        inductor_config.fallback_random = fallback_random
         compile_info["fallback_random"] = fallback_random
-        core = torch.compile(net, mode=params.compile_mode)
+        core = compile_module(net, params.compile_mode, fallback_random=fallback_random)
     model = wrap_ddp(core, device, world)  # compile first, then DDP
-    criterion = nn.CrossEntropyLoss(
-        weight=class_weights(train.labels, num_classes), label_smoothing=params.label_smoothing
-    ).to(device)
-    fused = device.type == "cuda"
-    opt = torch.optim.AdamW(net.parameters(), lr=params.lr, weight_decay=params.weight_decay, fused=fused)
+    criterion = (MultiLabelLoss(pos_weights(train.labels), params.label_smoothing) if train.labels.ndim == 2
+                 else nn.CrossEntropyLoss(weight=class_weights(train.labels, num_classes),
+                                          label_smoothing=params.label_smoothing)).to(device)
+    opt = torch.optim.AdamW(net.parameters(), lr=params.lr, weight_decay=params.weight_decay,
+                            **adamw_kernels(params.optimizer_impl, device))
     loader_args = {**runtime.loader, "seed": params.seed}  # runtime knobs: speed only, never the result
     train_sampler = KeyedBatchSampler(len(train.rows), rank_batch, params.seed, shuffle=True,
                                       rank=world.rank, world=world.size)
     train_loader = make_loader(
-        PatchDataset(store, train.rows, train.labels, params.augment, params.seed), train_sampler, **loader_args
+        PatchDataset(store, train.rows, train.labels, params.augment, params.seed, params.stain_augment),
+        train_sampler, **loader_args
     )
     val_sampler = KeyedBatchSampler(len(val.rows), rank_batch * 2, params.seed, shuffle=False,
                                     rank=world.rank, world=world.size)

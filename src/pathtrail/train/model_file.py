@@ -30,7 +30,7 @@ def load_model_file(path: str | Path) -> dict[str, Any]:
 def read_model(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     blob = load_model_file(path)
     meta = blob["metadata"]
-    model = build_model(meta["arch"], meta["num_classes"], meta["width"], meta["dropout"])
+    model = build_model(meta["arch"], meta["num_classes"], meta["width"], meta["dropout"], vit=meta.get("vit"))
     model.load_state_dict(blob["state_dict"])
     model.eval()
     return model, meta

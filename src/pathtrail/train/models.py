@@ -1,93 +1,18 @@
-"""Model registry: a built-in small CNN for the demo, torchvision architectures by name."""
+"""Model registry by name: the demo's small CNN, MONAI's networks, torchvision's (when installed)."""
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 from collections import OrderedDict
-from collections.abc import Callable
-from pathlib import Path
 
 import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _NormBase
-from torch.utils.checkpoint import checkpoint
 
-from pathtrail.config.sections import ARCHITECTURES, TORCHVISION_ARCHS
+from pathtrail.config.sections import ARCHITECTURES, MONAI_ARCHS, TORCHVISION_ARCHS, ModelParams
+from pathtrail.config.subsections import VitParams
 from pathtrail.core.errors import PathTrailError
-from pathtrail.core.hashing import sha256_file
-
-
-def _recompute_in_backward(module: nn.Module) -> bool:
-    """Checkpoint only when a backward will follow: eval and `no_grad` run the plain forward."""
-    return module.training and torch.is_grad_enabled()
-
-
-def _running_stat_norms(module: nn.Module) -> list[_NormBase]:
-    """The norm layers that update running statistics in this forward (BatchNorm in training)."""
-    return [m for m in module.modules()
-            if isinstance(m, _NormBase) and m.training and m.running_mean is not None]
-
-
-class _KeepRunningStats:
-    """Around a recomputation: put the running statistics back as the original forward left them.
-
-    Recomputing a BatchNorm in training mode would update running_mean / running_var /
-    num_batches_tracked a second time, so the eval-mode model would differ from a run without
-    checkpointing. (torch.compile needs no such guard: its graph applies buffer updates once.)
-    """
-
-    def __init__(self, norms: list[_NormBase]) -> None:
-        self.norms = norms
-        self.saved: list[list[torch.Tensor]] = []
-
-    def _buffers(self, m: _NormBase) -> list[torch.Tensor]:
-        return [b for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
-
-    def __enter__(self) -> None:
-        self.saved = [[b.clone() for b in self._buffers(m)] for m in self.norms]
-
-    def __exit__(self, *exc: object) -> None:
-        with torch.no_grad():
-            for m, saved in zip(self.norms, self.saved, strict=True):
-                for buf, value in zip(self._buffers(m), saved, strict=True):
-                    buf.copy_(value)
-
-
-def _checkpoint(fn: Callable[..., torch.Tensor], x: torch.Tensor, *args: object,
-                norms: list[_NormBase] | None = None) -> torch.Tensor:
-    """Activation recomputation, non-reentrant, RNG state preserved (dropout masks replay exactly).
-
-    `norms`: the running-statistics layers inside `fn`, restored after their recomputation.
-    Under torch.compile dynamo traces the checkpoint without a graph break; a dropout *inside* a
-    recomputed segment then draws other masks than eager even with inductor's fallback_random
-    (none of the built-in segments has one: SmallCNN's dropout is in its head).
-    """
-    if norms and not torch.compiler.is_compiling():
-        def contexts() -> tuple[contextlib.AbstractContextManager, _KeepRunningStats]:
-            return contextlib.nullcontext(), _KeepRunningStats(norms)
-        return checkpoint(fn, x, *args, use_reentrant=False, preserve_rng_state=True, context_fn=contexts)
-    return checkpoint(fn, x, *args, use_reentrant=False, preserve_rng_state=True)
-
-
-class CheckpointedSequential(nn.Sequential):
-    """An `nn.Sequential` whose children with parameters are each recomputed in backward while training.
-
-    Children without parameters (activations, pooling) run as usual: they are cheap to keep and
-    may work in place on their input, which recomputation could not replay. Same children under
-    the same names, so the state_dict keys are those of the plain Sequential it replaces (local
-    weights and saved models load either way).
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not _recompute_in_backward(self):
-            return super().forward(x)
-        for module in self:
-            if next(module.parameters(), None) is None:
-                x = module(x)
-            else:
-                x = _checkpoint(module, x, norms=_running_stat_norms(module))
-        return x
+from pathtrail.train import monai_nets
+from pathtrail.train.recompute import CheckpointedSequential, checkpointed, recompute_in_backward
 
 
 class SmallCNN(nn.Module):
@@ -129,9 +54,9 @@ class SmallCNN(nn.Module):
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.gradient_checkpointing and _recompute_in_backward(self):
+        if self.gradient_checkpointing and recompute_in_backward(self):
             for start in range(0, len(self.features), self.BLOCK):
-                x = _checkpoint(self._block, x, start)
+                x = checkpointed(self._block, x, start)
             return self.head(x)
         return self.head(self.features(x))
 
@@ -154,22 +79,47 @@ CHECKPOINT_STAGES: dict[str, tuple[str, ...]] = {
 }
 
 
+# The classifier layers (state_dict key prefix) of each architecture: what a pretrained file from
+# another task may lack or have in another shape (pathtrail.train.weights).
+HEADS: dict[str, str] = {
+    "small_cnn": "head.",
+    **monai_nets.HEADS,
+    "resnet18": "fc.", "resnet34": "fc.", "resnet50": "fc.", "densenet121": "classifier.", "vit_b_16": "heads.",
+}
+
+
 def build_model(arch: str, num_classes: int, width: int = 32, dropout: float = 0.2, *,
-                gradient_checkpointing: bool = False) -> nn.Module:
-    """Instantiate by name; never downloads weights.
+                gradient_checkpointing: bool = False, vit: VitParams | dict | None = None) -> nn.Module:
+    """Instantiate by name with random weights; never downloads any.
 
     `gradient_checkpointing` (model.gradient_checkpointing) recomputes the main stages' activations
     in backward: same results, less memory, more compute. It changes no state_dict key.
+    `vit`: the `model.vit` section (or its dict, as models/model.pt records it), for monai_vit only.
     """
     if arch == "small_cnn":
         return SmallCNN(num_classes, width, dropout, gradient_checkpointing)
+    if arch in MONAI_ARCHS:
+        vit_params = VitParams(**vit) if isinstance(vit, dict) else vit
+        model = monai_nets.build_monai(arch, num_classes, width, dropout, vit_params)
+        if gradient_checkpointing and arch == "monai_vit":
+            monai_nets.enable_vit_checkpointing(model)
+        elif gradient_checkpointing:
+            for path in monai_nets.CHECKPOINT_STAGES[arch]:
+                _checkpoint_stage(model, arch, path)
+        return model
     if arch in TORCHVISION_ARCHS:
         try:
             import torchvision.models as tvm
         except ImportError:
             raise PathTrailError(
-                f"model.arch={arch!r} needs torchvision, which is not installed. "
-                "Install a torchvision matching your torch, or use model.arch=small_cnn."
+                f"model.arch={arch!r} needs torchvision, which is not installed. Install the torchvision "
+                f"built for torch {torch.__version__} (README, \"GPU users\"), or use a monai_* architecture."
+            ) from None
+        except RuntimeError as exc:  # e.g. "operator torchvision::nms does not exist": another torch build
+            raise PathTrailError(
+                f"model.arch={arch!r}: torchvision is installed but does not load with torch {torch.__version__} "
+                f"({str(exc).splitlines()[0][:120]}); install the torchvision built for this torch, from the "
+                "same index (README, \"GPU users\"), or use a monai_* architecture."
             ) from None
         if not gradient_checkpointing:
             return getattr(tvm, arch)(weights=None, num_classes=num_classes)
@@ -200,19 +150,11 @@ def _checkpoint_stage(model: nn.Module, arch: str, path: str) -> None:
     stage = getattr(owner, leaf, None)
     if type(stage) is not nn.Sequential:  # a subclass may have its own forward: do not guess
         raise _cannot_checkpoint(arch, f"expected an nn.Sequential at {path!r}, found {type(stage).__name__} "
-                                       "(another torchvision version?)")
+                                       "(another torchvision or monai version?)")
     setattr(owner, leaf, CheckpointedSequential(OrderedDict(stage.named_children())))
 
 
-def load_local_weights(model: nn.Module, path: str | Path) -> str:
-    """Load a local state_dict (weights_only) into `model`; return the file's sha256."""
-    p = Path(path)
-    if not p.is_file():
-        raise PathTrailError(f"model.weights_path: {p} does not exist (weights are never downloaded)")
-    state = torch.load(p, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-    _missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected:
-        raise PathTrailError(f"model.weights_path: {p} has keys the model lacks: {unexpected[:5]}")
-    return sha256_file(p)
+def build_from_params(model: ModelParams, num_classes: int) -> nn.Module:
+    """`build_model` with the `model` params section's architecture, size and options."""
+    return build_model(model.arch, num_classes, model.width, model.dropout,
+                       gradient_checkpointing=model.gradient_checkpointing, vit=model.vit)

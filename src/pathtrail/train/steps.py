@@ -26,6 +26,7 @@ from pathtrail.core.progress import bar, status
 from pathtrail.data.loaders import KeyedBatchSampler
 from pathtrail.train import distributed as D
 from pathtrail.train.distributed import World
+from pathtrail.train.multilabel import MultiLabelLoss
 from pathtrail.train.scoring import auroc, predict
 
 log = structlog.get_logger(__name__)
@@ -43,7 +44,7 @@ class TrainingRun:
     net: nn.Module  # the plain module: its state_dict is the model; the optimizer owns its parameters
     core: nn.Module  # what validation runs: compiled or eager, never the DDP wrapper
     model: nn.Module  # what training runs: `core`, wrapped in DDP with several processes
-    criterion: nn.CrossEntropyLoss
+    criterion: nn.Module  # CrossEntropyLoss, or multilabel.MultiLabelLoss
     opt: torch.optim.Optimizer
     sched: Any
     scaler: torch.amp.GradScaler
@@ -91,6 +92,12 @@ def batch_loss(run: TrainingRun, logits: torch.Tensor, y: torch.Tensor,
     # sum(w_y * l) / sum(w_y) over the *global* batch (what CrossEntropyLoss(weight) means); the
     # factor world cancels DDP's gradient averaging. One small all-reduce carries the sums and
     # the stop flag, so every rank stops after the same batch.
+    if isinstance(run.criterion, MultiLabelLoss):  # mean over the global batch's samples and labels
+        per = run.criterion.per_sample(logits, y)
+        sums = torch.stack([per.detach().sum().double(), torch.tensor(float(y.numel()), dtype=torch.float64,
+                            device=per.device), torch.tensor(stop_flag, dtype=torch.float64, device=per.device)])
+        D.all_reduce_sum(sums, run.world)
+        return per.sum() * (run.world.size / sums[1].to(per.dtype)), float(sums[0] / sums[1]), bool(sums[2] > 0)
     class_w = run.criterion.weight
     per = F.cross_entropy(logits, y, weight=class_w, label_smoothing=run.params.label_smoothing,
                           reduction="none")

@@ -1,0 +1,1 @@
+"""Stacking ensembles: a meta-learner fitted on base models' validation-split probabilities."""
