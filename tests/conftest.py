@@ -13,7 +13,17 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
+
+from pathtrail.core.execution import environment_for  # imports neither torch nor numpy
+
+# ATen, oneDNN, MKL and numpy pick their CPU kernels once per process, at first use (a test
+# module's import can be that), and on an AVX-512 CPU they would pick AVX-512: pinned here to the
+# execution contract's level as stages/__init__.py pins them, so that stages run in this process
+# honour the default contract (threads are left to the tests). A variable already set is kept.
+for _name, _value in environment_for({"threads": 0, "cpu_isa": "avx2"}).items():
+    os.environ.setdefault(_name, _value)
+
+import torch  # after the pins
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,6 +54,7 @@ def pytest_configure(config):
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_setup(item):
     _opened.clear()
+    _torch_config_intact(item)  # the keys as this test finds them (first sight of a module)
     return _hermetic(item, (yield))
 
 
@@ -56,7 +67,29 @@ def pytest_runtest_call(item):
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_teardown(item):
     _opened.clear()
-    return _hermetic(item, (yield))
+    result = _hermetic(item, (yield))
+    _torch_config_intact(item)
+    return result
+
+
+# torch's compile settings live in config modules; pytest's monkeypatch.setattr on one deletes the
+# key on undo (`<module>.<key> does not exist` at every later compile in the process), so a test
+# changes them with the module's own `patch(...)`. Checked after every test: each key still there.
+_TORCH_CONFIGS = ("torch._dynamo.config", "torch._inductor.config", "torch._functorch.config")
+_config_keys: dict[str, frozenset] = {}
+
+
+def _torch_config_intact(item) -> None:
+    for name in _TORCH_CONFIGS:
+        module = sys.modules.get(name)
+        if module is None:
+            continue
+        keys = frozenset(k for k, entry in module._config.items() if not entry.hide)  # a deleted key is hidden
+        missing = sorted(_config_keys.setdefault(name, keys) - keys)
+        _config_keys[name] = keys  # the culprit is named once, not every later test
+        if missing:
+            pytest.fail(f"{item.nodeid} hid (deleted) {name} keys {missing}: change torch's config with "
+                        f"`{name}.patch(...)`, never monkeypatch.setattr", pytrace=False)
 
 
 def _hermetic(item, result):

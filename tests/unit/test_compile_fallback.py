@@ -23,11 +23,17 @@ def _run(tmp_path, params, use_compile=True):
 
 
 @pytest.mark.slow
-def test_a_recompile_failure_at_a_later_step_falls_back_to_eager_and_is_recorded(tmp_path, monkeypatch):
+def test_a_recompile_failure_at_a_later_step_falls_back_to_eager_and_is_recorded(tmp_path):
     # 32 training patches in batches of 12: 12, 12, 8. The last, smaller batch makes dynamo recompile;
-    # `error_on_recompile` turns that recompile into a real dynamo error at step 2.
+    # `error_on_recompile` turns that recompile into a real dynamo error at step 2. (torch's own
+    # config patch: pytest's monkeypatch would delete the key on undo, breaking later compiles.)
     torch._dynamo.reset()
-    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        _recompile_failure_falls_back(tmp_path)
+    torch._dynamo.reset()
+
+
+def _recompile_failure_falls_back(tmp_path):
     params = _params(tmp_path, **{"train.batch_size": 12, "train.epochs": 2, "train.use_compile": True})
     run = _run(tmp_path, params)
     timing = steps.train_epoch(run, lambda: None, lambda: None)
@@ -43,7 +49,6 @@ def test_a_recompile_failure_at_a_later_step_falls_back_to_eager_and_is_recorded
     assert fresh.core is not fresh.net
     restore(fresh, read_checkpoint(path, "fp", SINGLE).payload)
     assert fresh.core is fresh.net and fresh.compile_info["eager_from_step"] == 2
-    torch._dynamo.reset()
 
 
 def test_a_real_error_in_a_later_compiled_step_is_not_swallowed(tmp_path):
