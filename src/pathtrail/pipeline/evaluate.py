@@ -224,9 +224,9 @@ def multilabel_run(data: DataParams, ev: EvalParams, release: ReleaseParams, val
                 frame[f"decision_{names[k]}"] = col
         write_csv(frame, out(paths.predictions) / f"{name}.csv")
         results[name] = evaluate(table, probs)
+        truth = labels_of(table)  # (N, L) 0/1, once per cohort
         for k, label in enumerate(names):  # file names by index: label names are user strings
-            y = labels_of(table)[:, k]
-            curve_figures(f"{name}_label{k}", y, probs[:, k], thresholds[label], out(paths.figures),
+            curve_figures(f"{name}_label{k}", truth[:, k], probs[:, k], thresholds[label], out(paths.figures),
                           results[name]["labels"][label])
         sites = table["site"].astype(str).to_numpy()
         key = "per_site" if name == "internal_test" else "external_per_site"
