@@ -75,7 +75,12 @@ def test_the_other_mode_run_dies_with_the_train_stage(root, signame):
     assert alive(child)
     proc.send_signal(getattr(signal, signame))
     code = proc.wait(timeout=120)
-    assert code == (-signal.SIGKILL if signame == "SIGKILL" else 130), proc.stderr.read()[-3000:]
+    err = proc.stderr.read()
+    if signame == "SIGKILL":
+        assert code == -signal.SIGKILL, err[-3000:]
+    else:  # before its first optimizer step the stage exits 130; after, it stops at a step boundary
+        stopped = "training interrupted by signal 15" in err and "checkpoint saved" in err
+        assert code == 130 or (code == 1 and stopped), err[-3000:]
     deadline = time.monotonic() + 20
     while alive(child):
         assert time.monotonic() < deadline, f"the other mode's run (pid {child}) outlived the train stage"
